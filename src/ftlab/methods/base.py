@@ -1,0 +1,62 @@
+"""The method hook protocol.
+
+`FineTuneModule` calls these hooks at fixed points of the Lightning loop; every hook defaults to doing nothing, so a
+method overrides only what it needs. State a method keeps (masks, ADMM Z and U, caches) lives on the method instance
+or as buffers on the model, never in class attributes or module globals: two runs in one process must not meet.
+
+Order within one optimizer step: training_loss (every micro-batch) -> on_before_optimizer_step (once, unscaled
+gradients, before clipping) -> optimizer.step -> on_after_optimizer_step (once; `module.trainer.global_step` is
+already the new step count).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..module import FineTuneModule
+
+
+class Method:
+    """Full fine-tuning: every hook is a no-op. Subclass and override hooks to build a method."""
+
+    name = "finetune"
+
+    def setup(self, model: nn.Module, backbone: DictConfig) -> None:
+        """Before the optimizer exists: swap layers, add parameters or buffers, freeze what is not trained."""
+
+    def parameters_to_train(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs handed to the optimizer."""
+        return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+    def on_fit_start(self, module: FineTuneModule) -> None:
+        """Once, weights loaded and on device: one-shot masks, Fisher estimates, index sets."""
+
+    def training_loss(self, module: FineTuneModule, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
+        """Every training micro-batch: return the loss to back-propagate (add penalties, extra forwards)."""
+        return loss
+
+    def on_before_optimizer_step(self, module: FineTuneModule, optimizer: torch.optim.Optimizer) -> None:
+        """Once per optimizer step, gradients accumulated and unscaled: mask or record gradients."""
+
+    def on_after_optimizer_step(self, module: FineTuneModule) -> None:
+        """Right after each optimizer update: re-apply masks, periodic work keyed on trainer.global_step."""
+
+    def on_train_epoch_end(self, module: FineTuneModule, epoch: int) -> None:
+        """End of a training epoch (after that epoch's validation)."""
+
+    def on_validation_start(self, module: FineTuneModule) -> None:
+        """Before each evaluation: e.g. swap in hard-projected weights."""
+
+    def on_validation_end(self, module: FineTuneModule) -> None:
+        """After each evaluation: undo what on_validation_start did."""
+
+    def on_fit_end(self, module: FineTuneModule) -> None:
+        """After training: hard prune, merge, verify."""
+
+    def report(self, module: FineTuneModule) -> dict[str, Any]:
+        """Method-specific facts for the run record (sparsity, similarity, ...)."""
+        return {}

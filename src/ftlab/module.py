@@ -1,0 +1,123 @@
+"""The LightningModule: forward, loss, dev metrics, optimiser; every method-specific step goes through the hooks."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from .errors import NonFiniteLossError
+from .methods.base import Method
+from .metrics import compute_metrics, predictions
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
+
+
+class FineTuneModule(pl.LightningModule):
+    def __init__(self, model: nn.Module, method: Method, task: DictConfig, optim: DictConfig, backbone: DictConfig):
+        super().__init__()
+        self.model, self.method, self.task, self.optim, self.backbone = model, method, task, optim, backbone
+        self.eval_splits = list(task.eval_splits)
+        self.history: list[dict[str, Any]] = []
+        self._eval_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch minus what the model must not see (the example index)."""
+        return {k: v for k, v in batch.items() if k != "idx"}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(**self.model_inputs(batch))
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.method.on_fit_start(self)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        outputs = self(batch)
+        loss = self.method.training_loss(self, batch, outputs, outputs.loss)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"lower the learning rate (optim.lr={self.optim.lr}), enable gradient clipping, or check the data"
+            )
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.method.on_before_optimizer_step(self, optimizer)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.method.on_after_optimizer_step(self)
+
+    def on_train_epoch_end(self) -> None:
+        self.method.on_train_epoch_end(self, self.current_epoch)
+
+    def on_fit_end(self) -> None:
+        self.method.on_fit_end(self)
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def on_validation_start(self) -> None:
+        self.method.on_validation_start(self)
+
+    def on_validation_end(self) -> None:
+        self.method.on_validation_end(self)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch).logits.float()
+        self._eval_outputs.setdefault(dataloader_idx, []).append((logits.cpu(), batch["labels"].cpu(), batch["idx"].cpu()))
+
+    def evaluate_collected(self) -> dict[str, dict[str, Any]]:
+        """Metrics (and per-example predictions) of each dev split from the outputs collected this evaluation."""
+        results = {}
+        for i, split in enumerate(self.eval_splits):
+            outputs = self._eval_outputs.get(i, [])
+            if not outputs:
+                continue
+            logits = torch.cat([o[0] for o in outputs]).numpy()
+            labels = torch.cat([o[1] for o in outputs]).numpy()
+            idx = torch.cat([o[2] for o in outputs]).numpy()
+            preds = predictions(logits, self.task.kind)
+            order = np.argsort(idx)
+            results[split] = {
+                "metrics": compute_metrics(self.task.metrics, preds, labels),
+                "predictions": preds[order].tolist(),
+            }
+        self._eval_outputs = {}
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.evaluate_collected()
+        if self.trainer.sanity_checking or not results:
+            return
+        flat = {f"{split}/{name}": value for split, r in results.items() for name, value in r["metrics"].items()}
+        self.log_dict(flat, prog_bar=True)
+        self.history.append({
+            "epoch": self.current_epoch,
+            "step": self.global_step,
+            "metrics": {split: r["metrics"] for split, r in results.items()},
+            "predictions": {split: r["predictions"] for split, r in results.items()},
+        })
+
+    # -- optimiser ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        named = list(self.method.parameters_to_train(self.model))
+        decay = [p for n, p in named if not any(k in n for k in NO_DECAY)]
+        no_decay = [p for n, p in named if any(k in n for k in NO_DECAY)]
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # a fused AdamW may unscale internally and hide gradients from the hooks: keep the plain loop
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+            fused=False,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = self.optim.warmup_steps if self.optim.warmup_steps else math.ceil(self.optim.warmup_ratio * total)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

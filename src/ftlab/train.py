@@ -1,0 +1,179 @@
+"""run(cfg): data -> model -> method -> Trainer -> fit -> run record."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from . import records
+from .backbones import load_model, load_tokenizer, parameter_counts
+from .config import PROJECT_ROOT, identity_config
+from .data.module import TaskDataModule
+from .errors import ConfigError
+from .methods.base import Method
+from .module import FineTuneModule
+
+log = logging.getLogger("ftlab")
+
+
+class ThroughputMeter(pl.Callback):
+    """Training time spent inside training batches (forward, backward, optimizer), samples and real tokens seen."""
+
+    def __init__(self) -> None:
+        self.seconds, self.samples, self.tokens, self._start = 0.0, 0, 0, 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.samples += int(batch["labels"].shape[0])
+        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+
+
+def build_method(cfg: DictConfig) -> Method:
+    spec = OmegaConf.to_container(cfg.method, resolve=True)
+    spec.pop("name", None)
+    try:
+        method = instantiate(spec)
+    except Exception as err:
+        raise ConfigError(f"method '{cfg.method.name}' could not be built from its config: {err}") from err
+    if not isinstance(method, Method):
+        raise ConfigError(f"method '{cfg.method.name}': {type(method).__name__} does not subclass ftlab.methods.Method")
+    return method
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "pytorch_lightning": pl.__version__, "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def peak_memory_mb() -> dict[str, float]:
+    if torch.cuda.is_available():
+        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+    # CPU: the process's peak resident set (the allocator keeps no statistics on CPU); includes weights and data
+    return {"cpu_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _selection_key(cfg: DictConfig) -> tuple[str, str]:
+    return cfg.task.selection.split, cfg.task.selection.metric
+
+
+def _best(history: list[dict[str, Any]], split: str, metric: str) -> dict[str, Any] | None:
+    scored = [h for h in history if split in h["metrics"]]
+    return max(scored, key=lambda h: h["metrics"][split][metric]) if scored else None
+
+
+def _summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if entry is None else {k: entry[k] for k in ("epoch", "step", "metrics", "predictions")}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns its record. A completed record for the same config is reused."""
+    identity = identity_config(cfg)
+    name = records.record_name(identity)
+    path = Path(cfg.paths.records_dir) / f"{name}.json"
+    existing = records.read(path)
+    if existing is not None and existing.get("status") == "completed":
+        log.info("skipping %s: completed record at %s", name, path)
+        return existing
+    record: dict[str, Any] = {
+        "name": name, "config_hash": records.config_hash(identity), "status": "running",
+        "experiment": cfg.get("experiment_name"), "config": OmegaConf.to_container(cfg, resolve=True),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    records.write_atomic(path, record)
+    try:
+        record.update(_fit(cfg, name))
+        record["status"] = "completed"
+    except BaseException as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        records.write_atomic(path, record)
+        raise
+    records.write_atomic(path, record)
+    log.info("record written: %s", path)
+    return record
+
+
+def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.paths.output_dir) / name
+    tokenizer = load_tokenizer(cfg.backbone)
+    task = cfg.task
+    model = load_model(
+        cfg.backbone, num_labels=task.num_labels,
+        problem_type="regression" if task.kind == "regression" else "single_label_classification",
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    method = build_method(cfg)
+    method.setup(model, cfg.backbone)
+    cache_dir = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
+    data = TaskDataModule(task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
+    module = FineTuneModule(model, method, task, cfg.optim, cfg.backbone)
+    meter = ThroughputMeter()
+    callbacks: list[pl.Callback] = [meter]
+    split, metric = _selection_key(cfg)
+    if cfg.train.save_checkpoints:
+        callbacks.append(pl.callbacks.ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", monitor=f"{split}/{metric}", mode="max", save_top_k=1, save_last=True,
+            save_weights_only=True, filename="best-{epoch}",
+        ))
+    if cfg.trainer.enable_progress_bar and sys.stderr.isatty():
+        callbacks.append(pl.callbacks.RichProgressBar())
+    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True), max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches, callbacks=callbacks, logger=logger,
+        default_root_dir=str(run_dir), enable_checkpointing=bool(cfg.train.save_checkpoints),
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    fit_seconds = time.perf_counter() - start
+    history = module.history
+    best, last = _best(history, split, metric), (history[-1] if history else None)
+    return {
+        "metrics": {
+            "selection": {"split": split, "metric": metric, "rule": "best epoch on dev"},
+            "history": [{k: h[k] for k in ("epoch", "step", "metrics")} for h in history],
+            "best": _summary(best), "last": _summary(last),
+        },
+        "method_report": method.report(module),
+        "parameters": parameter_counts(model),
+        "cost": {
+            "fit_seconds": fit_seconds, "train_seconds": meter.seconds, "train_samples": meter.samples,
+            "samples_per_s": meter.samples / meter.seconds if meter.seconds else None,
+            "tokens_per_s": meter.tokens / meter.seconds if meter.seconds else None,
+            "optimizer_steps": trainer.global_step, **peak_memory_mb(),
+        },
+        "environment": environment(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
