@@ -15,6 +15,8 @@ from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
 DATA_DIR = Path(os.environ.get("FTLAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data")).resolve()
 GLUE_AVAILABLE = ["cola", "sst2", "mrpc", "stsb", "rte", "wnli"]  # tasks with train and dev staged in ../shared/data
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup fails at once instead of waiting on the network
+os.environ.setdefault("WANDB_MODE", "offline")
 register_resolvers()
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -46,8 +46,10 @@ def _source(spec: DictConfig | None) -> tuple[str, dict[str, Any]]:
 
 
 def load_tokenizer(backbone: DictConfig) -> PreTrainedTokenizerBase:
-    name, _ = _source(backbone.get("tokenizer") or backbone)
-    kwargs = {"gguf_file": backbone.gguf_file} if backbone.get("gguf_file") and not backbone.get("tokenizer") else {}
+    spec = backbone.get("tokenizer") or backbone
+    name, _ = _source(spec)
+    kwargs = {"gguf_file": spec.gguf_file} if spec.get("gguf_file") else {}  # a separate tokenizer block may be a GGUF too
+    kwargs.update(spec.get("special_tokens") or {})  # e.g. give an encoder's tokenizer the EOS a decoder test model needs
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except OSError as err:
@@ -81,37 +83,51 @@ def load_model(backbone: DictConfig, head: str = "sequence_classification", **co
         raise BackboneError(_offline_hint(backbone, name, err)) from err
 
 
-def block_layers(model: nn.Module, backbone: DictConfig) -> list[nn.Module]:
-    """The transformer blocks, in order."""
+def block_stacks(backbone: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(layers_path, role -> module names) of each stack of blocks: the main one (`layers_path`, `block_linears`), then
+    any `extra_stacks` entries (an encoder-decoder's decoder: T5's decoder blocks have their own layout)."""
+    stacks = [(backbone.layers_path, dict(backbone.block_linears))]
+    for extra in backbone.get("extra_stacks") or []:
+        stacks.append((extra.layers_path, dict(extra.block_linears)))
+    return stacks
+
+
+def _stack_blocks(model: nn.Module, backbone: DictConfig, layers_path: str) -> list[nn.Module]:
     try:
-        container = model.get_submodule(backbone.layers_path)
+        container = model.get_submodule(layers_path)
     except AttributeError:
         found = sorted({n for n, _ in model.named_modules() if n.count(".") <= 2})[:20]
         raise BackboneError(
-            f"backbone '{backbone.name}': layers_path {backbone.layers_path!r} not found in {type(model).__name__}; "
+            f"backbone '{backbone.name}': layers_path {layers_path!r} not found in {type(model).__name__}; "
             f"modules near the top: {found}"
         ) from None
     return list(container)
 
 
+def block_layers(model: nn.Module, backbone: DictConfig) -> list[nn.Module]:
+    """The transformer blocks, in order (main stack first, then any `extra_stacks`)."""
+    return [block for path, _ in block_stacks(backbone) for block in _stack_blocks(model, backbone, path)]
+
+
 def block_linears(model: nn.Module, backbone: DictConfig, roles: tuple[str, ...] | list[str] = ROLES) -> dict[str, nn.Module]:
-    """Full module name -> module for every block linear with one of `roles` (q, k, v, attn_out, ffn1, ffn2)."""
-    names = dict(backbone.block_linears)
-    unknown = [r for r in roles if r not in names]
-    if unknown:
-        raise BackboneError(f"unknown block-linear role(s) {unknown}; backbone '{backbone.name}' defines {sorted(names)}")
+    """Full module name -> module for every block linear with one of `roles` (q, k, v, attn_out, ffn1, ffn2), in every
+    stack of blocks (see `block_stacks`)."""
     out: dict[str, nn.Module] = {}
-    for i, block in enumerate(block_layers(model, backbone)):
-        for role in roles:
-            for suffix in _as_list(names[role]):
-                try:
-                    out[f"{backbone.layers_path}.{i}.{suffix}"] = block.get_submodule(suffix)
-                except AttributeError:
-                    found = [n for n, m in block.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
-                    raise BackboneError(
-                        f"backbone '{backbone.name}': block {i} has no module {suffix!r} for role {role!r}; "
-                        f"linear layers found in the block: {found}"
-                    ) from None
+    for layers_path, names in block_stacks(backbone):
+        unknown = [r for r in roles if r not in names]
+        if unknown:
+            raise BackboneError(f"unknown block-linear role(s) {unknown}; backbone '{backbone.name}' defines {sorted(names)}")
+        for i, block in enumerate(_stack_blocks(model, backbone, layers_path)):
+            for role in roles:
+                for suffix in _as_list(names[role]):
+                    try:
+                        out[f"{layers_path}.{i}.{suffix}"] = block.get_submodule(suffix)
+                    except AttributeError:
+                        found = [n for n, m in block.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+                        raise BackboneError(
+                            f"backbone '{backbone.name}': block {i} of {layers_path} has no module {suffix!r} for role "
+                            f"{role!r}; linear layers found in the block: {found}"
+                        ) from None
     return out
 
 

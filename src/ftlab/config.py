@@ -34,7 +34,9 @@ def register_resolvers() -> None:
 def identity_config(cfg: DictConfig) -> dict:
     """The part of the resolved config that decides the result of a run (paths, loggers and UI excluded)."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("paths", "logger", "hydra", "experiment_name"):
+    # `grid`: an experiment's sweep indices into the paper's per-task lists; only the values they select (optim.lr,
+    # method.rho, ...) decide a run, so index points that select the same values are one run, run once
+    for key in ("paths", "logger", "hydra", "experiment_name", "grid"):
         container.pop(key, None)
     trainer = dict(container.get("trainer", {}))
     for key in ("enable_progress_bar", "log_every_n_steps", "enable_model_summary"):

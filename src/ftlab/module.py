@@ -39,6 +39,9 @@ class FineTuneModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self)
 
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.method.on_train_batch_start(self, batch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         outputs = self(batch)
         loss = self.method.training_loss(self, batch, outputs, outputs.loss)
@@ -90,6 +93,8 @@ class FineTuneModule(pl.LightningModule):
                 "metrics": compute_metrics(self.task.metrics, preds, labels),
                 "predictions": preds[order].tolist(),
             }
+            if self.task.kind != "regression":  # per-example right/wrong, for agreement across restarts
+                results[split]["correct"] = (preds[order] == labels[order]).astype(int).tolist()
         self._eval_outputs = {}
         return results
 
@@ -104,6 +109,7 @@ class FineTuneModule(pl.LightningModule):
             "step": self.global_step,
             "metrics": {split: r["metrics"] for split, r in results.items()},
             "predictions": {split: r["predictions"] for split, r in results.items()},
+            "correct": {split: r["correct"] for split, r in results.items() if "correct" in r},
         })
 
     # -- optimiser ----------------------------------------------------------------------------------------------
@@ -117,7 +123,8 @@ class FineTuneModule(pl.LightningModule):
             [g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
             fused=False,
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        # steps left (all of them at fit start; fewer when a method re-creates the optimizer mid-fit), or the phase's
+        total = self.method.schedule_steps(self, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
         warmup = self.optim.warmup_steps if self.optim.warmup_steps else math.ceil(self.optim.warmup_ratio * total)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

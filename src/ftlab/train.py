@@ -90,7 +90,7 @@ def _best(history: list[dict[str, Any]], split: str, metric: str) -> dict[str, A
 
 
 def _summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if entry is None else {k: entry[k] for k in ("epoch", "step", "metrics", "predictions")}
+    return None if entry is None else {k: entry[k] for k in ("epoch", "step", "metrics", "predictions", "correct")}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -126,17 +126,24 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir) / name
     tokenizer = load_tokenizer(cfg.backbone)
     task = cfg.task
-    model = load_model(
+    generation = task.kind == "generation"  # data-to-text: a decoder LM, ftlab.nlg's data module and module
+    model = load_model(cfg.backbone, head="causal_lm") if generation else load_model(
         cfg.backbone, num_labels=task.num_labels,
         problem_type="regression" if task.kind == "regression" else "single_label_classification",
     )
+    model.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: dropout would stay off
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     method = build_method(cfg)
     method.setup(model, cfg.backbone)
     cache_dir = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
-    data = TaskDataModule(task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
-    module = FineTuneModule(model, method, task, cfg.optim, cfg.backbone)
+    if generation:
+        from .nlg.module import build_generation_parts
+
+        data, module = build_generation_parts(cfg, model, method, tokenizer, run_dir)
+    else:
+        data = TaskDataModule(task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
+        module = FineTuneModule(model, method, task, cfg.optim, cfg.backbone)
     meter = ThroughputMeter()
     callbacks: list[pl.Callback] = [meter]
     split, metric = _selection_key(cfg)
@@ -176,4 +183,5 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
         },
         "environment": environment(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"generation": module.generation_report()} if generation else {}),
     }

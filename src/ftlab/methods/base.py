@@ -32,8 +32,18 @@ class Method:
         """(name, parameter) pairs handed to the optimizer."""
         return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
+    def schedule_steps(self, module: FineTuneModule, steps_left: int) -> int:
+        """Optimizer steps the learning-rate schedule being built should span; called from configure_optimizers.
+        Default: every step left in the fit. A method that re-creates the optimizer mid-fit (DSEE's recovery phase,
+        via `trainer.strategy.setup_optimizers(trainer)`) returns the length of the current phase."""
+        return steps_left
+
     def on_fit_start(self, module: FineTuneModule) -> None:
         """Once, weights loaded and on device: one-shot masks, Fisher estimates, index sets."""
+
+    def on_train_batch_start(self, module: FineTuneModule, batch: dict[str, torch.Tensor]) -> None:
+        """Before each training micro-batch's forward: per-batch state keyed by the batch (e.g. the example indices
+        `batch["idx"]`, which the model itself never sees)."""
 
     def training_loss(self, module: FineTuneModule, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
         """Every training micro-batch: return the loss to back-propagate (add penalties, extra forwards)."""

@@ -1,0 +1,212 @@
+"""Activation memory and step time of WTA-CRS vs full fine-tuning (and LoRA vs LoRA+WTA-CRS), measured on real RTE.
+
+    python benchmarks/wtacrs_memory.py [--steps 6] [--batch-size 32] [--threads 2] [--out results]
+
+For each setup (MiniLM-L6 with its real weights; the random tiny T5) and each method, at the same batch (the first,
+longest, length-grouped batch of real RTE training rows) and bf16 autocast as in training:
+  replaced layers   bytes autograd saves inside the layers WTA-CRS samples (attn_out, ffn1, ffn2 for full FT; the
+                    adapted q, k, v modules for LoRA), measured with torch.autograd.graph.saved_tensors_hooks
+  whole step        bytes of every distinct tensor saved during the forward = the step's saved-tensor peak
+                    (parameters and their autocast copies excluded: they do not grow with the batch); measured on
+                    a forward whose graph is then dropped
+  step time         median seconds of forward + backward + AdamW step, methods interleaved round by round so that
+                    load from other processes hits all of them alike; the first round is warm-up (and fills the
+                    WTA-CRS caches: later rounds sample with p ∝ ‖X‖·‖∇Z‖ as from the second epoch on)
+  max batch         the largest batch whose saved-tensor peak + static memory (weights, grads, AdamW states) fits
+                    the cap: saved bytes are measured at two batch sizes (8 and the full batch) and extrapolated
+                    linearly (the idea of the paper's Figure 13, by this measurement rather than GPU peak memory)
+Writes <out>/wtacrs_memory.json and .md; experiments/wtacrs_memory_plot.py draws the bars.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftlab.backbones import block_linears, load_model, load_tokenizer
+from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
+from ftlab.data.module import TaskDataModule
+from ftlab.methods.base import Method
+from ftlab.methods.lora import LoRA
+from ftlab.methods.wtacrs import WTACRS, LoRAWTACRS, _WTACRSMethod
+from ftlab.methods.wtacrs_memory import SavedTensorMeter, SavedTensors
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DATA_DIR = Path(os.environ.get("FTLAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
+MIB = 2**20
+
+SETUPS = {  # backbone -> saved-tensor cap for the max-batch column (MiB, on top of static memory)
+    "minilm": {"cap_mib": 2048},
+    "tiny-t5": {"cap_mib": 256},
+}
+FULL_ROLES = ["attn_out", "ffn1", "ffn2"]
+LORA_ROLES = ["q", "k", "v"]
+
+
+def methods() -> dict[str, tuple[Any, list[str], str]]:
+    """label -> (factory, roles whose modules are "the replaced layers", baseline label for the ratios)."""
+    return {
+        "Full FT": (Method, FULL_ROLES, "Full FT"),
+        "WTA-CRS@0.3": (lambda: WTACRS(budget=0.3), FULL_ROLES, "Full FT"),
+        "WTA-CRS@0.1": (lambda: WTACRS(budget=0.1), FULL_ROLES, "Full FT"),
+        "LoRA": (lambda: LoRA(r=32, alpha=32, dropout=0.1, roles=LORA_ROLES), LORA_ROLES, "LoRA"),
+        # the same LoRA computed by lora_wtacrs's layer with nothing sampled: isolates the fused-dropout saving
+        "LoRA, fused dropout": (lambda: LoRAWTACRS(budget=1.0), LORA_ROLES, "LoRA"),
+        "LoRA+WTA-CRS@0.3": (lambda: LoRAWTACRS(budget=0.3), LORA_ROLES, "LoRA"),
+        "LoRA+WTA-CRS@0.1": (lambda: LoRAWTACRS(budget=0.1), LORA_ROLES, "LoRA"),
+    }
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def first_batch(cfg, tokenizer, batch_size: int) -> dict[str, torch.Tensor]:
+    cache = Path(cfg.paths.cache_dir) / "tokenized"
+    data = TaskDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, cache, batch_size, seed=0)
+    data.setup()
+    return next(iter(data.train_dataloader()))  # length-grouped: the first batch holds the longest sequence
+
+
+class Runner:
+    """One model + method + AdamW, stepping on a fixed batch."""
+
+    def __init__(self, cfg, label: str, factory: Any, roles: list[str]):
+        torch.manual_seed(0)
+        self.model = load_model(cfg.backbone, num_labels=cfg.task.num_labels)
+        self.method, self.note = factory(), ""
+        try:
+            self.method.setup(self.model, cfg.backbone)
+        except Exception as err:  # ftlab's LoRA does not know T5's decoder stack: exact LoRA through our layer instead
+            if not isinstance(self.method, LoRA):
+                raise
+            self.model = load_model(cfg.backbone, num_labels=cfg.task.num_labels)
+            self.method = LoRAWTACRS(budget=1.0)
+            self.method.setup(self.model, cfg.backbone)
+            self.note = f"methods.lora failed ({type(err).__name__}: {err}); exact LoRA = lora_wtacrs at budget 1.0"
+        if isinstance(self.method, _WTACRSMethod):
+            self.method.measure_first_forward = False  # this script measures every method the same way
+        self.model.train()
+        names = list(block_linears(self.model, cfg.backbone, roles))
+        self.watch = {n: self.model.get_submodule(n) for n in names}
+        params = [p for _, p in self.method.parameters_to_train(self.model)]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5, fused=False)
+        self.label = label
+        self.static_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) + sum(
+            p.numel() * p.element_size() * 3 for p in params)  # weights + grads + AdamW exp_avg, exp_avg_sq
+        self.times: list[float] = []
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        """Forward + backward + AdamW step, timed."""
+        inputs = {k: v for k, v in batch.items() if k != "idx"}
+        self.method.on_train_batch_start(None, batch)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = self.model(**inputs).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.times.append(time.perf_counter() - start)
+
+    def saved(self, batch: dict[str, torch.Tensor]) -> SavedTensors:
+        """What a training forward saves for backward (the graph is dropped unused: saved tensors are all known once
+        the forward ends)."""
+        inputs = {k: v for k, v in batch.items() if k != "idx"}
+        self.method.on_train_batch_start(None, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16), SavedTensorMeter(self.model, self.watch) as meter:
+            self.model(**inputs)
+        return meter.result
+
+
+def rows(batch: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: v[:n] for k, v in batch.items()}
+
+
+def bench_setup(backbone: str, batch_size: int, steps: int, cap_mib: float) -> dict[str, Any]:
+    cfg = compose([f"backbone={backbone}", "task=rte", f"paths.data_dir={DATA_DIR}"])
+    tokenizer = load_tokenizer(cfg.backbone)
+    batch = first_batch(cfg, tokenizer, batch_size)
+    small = rows(batch, 8)
+    runners = {label: Runner(cfg, label, f, roles) for label, (f, roles, _) in methods().items()}
+    out: dict[str, Any] = {"backbone": backbone, "batch": batch_size, "positions": int(batch["input_ids"].shape[1]),
+                           "real_tokens": int(batch["attention_mask"].sum()), "cap_mib": cap_mib, "methods": {}}
+    for label, runner in runners.items():
+        full, part = runner.saved(batch), runner.saved(small)
+        slope = (full.total_bytes - part.total_bytes) / (batch_size - 8)
+        intercept = full.total_bytes - slope * batch_size
+        budget = cap_mib * MIB - runner.static_bytes - intercept
+        out["methods"][label] = {
+            "replaced_layers_bytes": full.watched_total, "whole_step_saved_bytes": full.total_bytes,
+            "saved_bytes_at_batch_8": part.total_bytes, "static_bytes": runner.static_bytes,
+            "max_batch_under_cap": max(int(budget // slope), 0) if slope > 0 else None,
+            "largest_saved": full.largest(6), "note": runner.note,
+        }
+    for _ in range(steps + 1):  # interleaved rounds (the first is warm-up): background load hits every method alike
+        for runner in runners.values():
+            runner.step(batch)
+    for label, (_, _, baseline) in methods().items():
+        m, base = out["methods"][label], out["methods"][baseline]
+        m["step_seconds_median"] = statistics.median(runners[label].times[1:])
+        m["vs_baseline"] = baseline
+        m["replaced_ratio"] = m["replaced_layers_bytes"] / base["replaced_layers_bytes"]
+        m["whole_step_ratio"] = m["whole_step_saved_bytes"] / base["whole_step_saved_bytes"]
+        m["step_time_ratio"] = m["step_seconds_median"] / statistics.median(runners[baseline].times[1:])
+    return out
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["# WTA-CRS activation memory and step time (benchmarks/wtacrs_memory.py)", ""]
+    for r in results:
+        lines += [f"## {r['backbone']}: real RTE, batch {r['batch']} x {r['positions']} positions "
+                  f"({r['real_tokens']} real tokens), bf16 autocast, CPU", "",
+                  f"| method | replaced layers MiB (ratio) | whole-step saved MiB (ratio) | step s (ratio) | "
+                  f"max batch, {r['cap_mib']} MiB cap |", "|---|---|---|---|---|"]
+        for label, m in r["methods"].items():
+            lines.append(
+                f"| {label} | {m['replaced_layers_bytes'] / MIB:.2f} ({m['replaced_ratio']:.2f}x) | "
+                f"{m['whole_step_saved_bytes'] / MIB:.1f} ({m['whole_step_ratio']:.2f}x) | "
+                f"{m['step_seconds_median']:.3f} ({m['step_time_ratio']:.2f}x) | {m['max_batch_under_cap']} |")
+        lines += ["", f"Ratios are against {', '.join(sorted({m['vs_baseline'] for m in r['methods'].values()}))} "
+                      f"(WTA-CRS vs Full FT, LoRA+WTA-CRS vs LoRA).", ""]
+        w = r["methods"]["WTA-CRS@0.3"]
+        checks = [("replaced layers <= 0.35x", w["replaced_ratio"] <= 0.35), ("whole step <= 0.6x", w["whole_step_ratio"] <= 0.6),
+                  ("step time <= 1.2x", w["step_time_ratio"] <= 1.2)]
+        lines += ["Issue targets for WTA-CRS@0.3 vs Full FT: " + ", ".join(f"{n}: {'met' if ok else 'MISSED'}" for n, ok in checks), ""]
+        for label in ("Full FT", "WTA-CRS@0.3"):
+            lines += [f"Largest saved tensors under {label} (shape, dtype, produced by, count, MiB):", ""]
+            lines += [f"- {g['shape']} {g['dtype']} {g['produced_by']} x{g['count']}: {g['bytes'] / MIB:.1f}"
+                      for g in r["methods"][label]["largest_saved"]]
+            lines.append("")
+        notes = [f"{label}: {m['note']}" for label, m in r["methods"].items() if m["note"]]
+        lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed rounds per method (after one warm-up round)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [bench_setup(s, args.batch_size, args.steps, SETUPS[s]["cap_mib"]) for s in args.setups]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "wtacrs_memory.json").write_text(json.dumps(results, indent=1))
+    (args.out / "wtacrs_memory.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

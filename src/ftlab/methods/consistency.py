@@ -1,0 +1,44 @@
+"""Consistency terms shared by R3F and R-Drop: symmetric KL between two predictions of the same batch, in fp32.
+
+Written by hand because it is three lines of `torch.nn.functional`; what matters is the reduction, which the two papers'
+code bases choose differently and which changes the effective weight of the term:
+
+* per example, the KL is summed over classes (a divergence between two distributions);
+* over the batch, `"mean"` divides by the batch size (fairseq's R3F criterion: sum / batch size) and is invariant to
+  gradient accumulation (two half batches averaged = the full batch), `"sum"` does not divide (the R-Drop README).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Reduction = Literal["mean", "sum"]
+
+
+def symmetric_kl_per_example(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(P‖Q) + KL(Q‖P) per example (shape: batch), from logits over the last axis; fp32, autocast off.
+
+    Neither side is detached: both predictions receive gradients, as in the official R3F and R-Drop code.
+    """
+    with torch.autocast(device_type=p_logits.device.type, enabled=False):
+        log_p = F.log_softmax(p_logits.float(), dim=-1)
+        log_q = F.log_softmax(q_logits.float(), dim=-1)
+        # log_target=True: exp(log_p) * (log_p - log_q) is exactly 0 for identical inputs, never NaN for tiny probabilities
+        kl_pq = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+        kl_qp = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(-1)
+    return (kl_pq + kl_qp).reshape(p_logits.shape[0], -1).sum(-1)
+
+
+def symmetric_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Symmetric KL reduced over the batch: `mean` (per-example average) or `sum`."""
+    per_example = symmetric_kl_per_example(p_logits, q_logits)
+    return per_example.mean() if reduction == "mean" else per_example.sum()
+
+
+def squared_difference(p: torch.Tensor, q: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """The regression counterpart: (p − q)² per example, in fp32, reduced over the batch like `symmetric_kl`."""
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        per_example = (p.float() - q.float()).pow(2).reshape(p.shape[0], -1).mean(-1)
+    return per_example.mean() if reduction == "mean" else per_example.sum()

@@ -1,0 +1,230 @@
+"""WTA-CRS (seed001; METHODS.md §4): memory-efficient fine-tuning by a sampled weight gradient in chosen linears.
+
+`method=wtacrs` swaps the block linears of `roles` for `WTACRSLinear` (exact forward and input gradient; the weight
+gradient from k = clamp(int(budget · N), min_k, N) of the N token rows, chosen by winner-take-all column-row sampling),
+so only k rows of each such layer's input are kept for backward. Default roles = the paper's "level 2" linears:
+attention output, FFN in and FFN out. Q, K and V stay exact: they read one shared input tensor, which stays saved as
+long as any of the three (or the attention matmuls that reuse their outputs) keeps it, so sampling them saves almost
+nothing while adding variance (METHODS.md §4.5). The paper's level 2 also samples the two attention matmuls QKᵀ and
+P·V (4-D sampling per head); that is not implemented here: their saved operands stay full size.
+
+`method=lora_wtacrs`: LoRA (r = 32, α = 32, dropout 0.1) on q, k, v, built from `ftlab.methods.lora.LoRALayer`, with the
+down-projection A computed by the sampled-gradient function (A needs the whole dropped-out input for its gradient;
+B's input is r-dimensional). Everything but the adapters and the task head is frozen, so the other linears save no
+input for a weight gradient anyway (the paper switches their sampling off too).
+
+Per-step mechanics: `on_train_batch_start` hands `batch["idx"]` to the ‖∇Z‖ cache (wtacrs_cache: one bf16 norm per
+(example, token position) per layer), each layer's backward writes its output-gradient row norms there, and the next
+visit of an example samples with p ∝ ‖X_i‖·‖∇Z_i‖. The first training forward is measured with
+`torch.autograd.graph.saved_tensors_hooks` (wtacrs_memory), and `report()` gives the saved bytes of the replaced layers
+and of the whole forward, the mean optimizer-step time, the cache size and the sampling statistics.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from ..backbones import ROLES, block_linears
+from ..errors import ConfigError
+from .base import Method
+from .lora import LoRALayer, freeze_for_adapters
+from .wtacrs_cache import NormCache
+from .wtacrs_memory import SavedTensorMeter, SavedTensors
+from .wtacrs_ops import RowSampler, WTACRSLinear, check_budget, sampled_linear
+
+DEFAULT_ROLES = ("attn_out", "ffn1", "ffn2")
+
+
+def check_roles(roles: Sequence[str] | str, method: str) -> list[str]:
+    roles = [roles] if isinstance(roles, str) else list(roles)
+    unknown = [r for r in roles if r not in ROLES]
+    if not roles or unknown:
+        problem = f"unknown role(s) {unknown}" if unknown else "no roles given"
+        raise ConfigError(f"{method}: {problem}; valid roles are {list(ROLES)}, e.g. method.roles=[attn_out,ffn1,ffn2]")
+    return roles
+
+
+class SampledDownLoRALayer(LoRALayer):
+    """`LoRALayer` (whole-output, no sparse part) whose A product has a WTA-CRS weight gradient while training.
+
+    The LoRA dropout is applied inside the sampled function (same distribution as nn.Dropout): backward then keeps a
+    bool mask plus the k sampled rows, where nn.Dropout + an exact A keep the float noise (CPU) and all N rows.
+    """
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, roles: Sequence[str], sampler: RowSampler):
+        super().__init__(base, r, alpha, dropout, roles=roles)
+        self.sampler = sampler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        h = sampled_linear(x, self.lora_A, None, self.sampler, dropout=p)
+        return self.base(x) + nn.functional.linear(h, self.lora_B) * self.scaling
+
+
+class _WTACRSMethod(Method):
+    """Shared by both variants: the cache, the batch indices, the saved-tensor measurement, timing and the report."""
+
+    def __init__(self, budget: float, min_k: int, floor: float, max_positions: int, max_cache_mb: float):
+        self.budget = check_budget(budget)
+        if not isinstance(min_k, int) or min_k < 1:
+            raise ConfigError(f"{self.name}: min_k={min_k!r} must be a positive integer (the paper's minimal_k is 10)")
+        if not 0.0 <= floor < 1.0:
+            raise ConfigError(f"{self.name}: floor={floor} must be in [0, 1) (share of p ∝ ‖X‖ mixed in; 0.01 default)")
+        self.min_k, self.floor = min_k, float(floor)
+        self.cache = NormCache(max_positions, int(max_cache_mb * 2**20))
+        self.samplers: dict[str, RowSampler] = {}
+        self.watch: dict[str, nn.Module] = {}
+        self.saved: SavedTensors | None = None
+        self.measured_batch: dict[str, int] = {}
+        self._meter: SavedTensorMeter | None = None
+        self.measure_first_forward = True  # the report's saved-tensor figures; off = no hooks at all
+        self._step_started: float | None = None
+        self.step_seconds: list[float] = []
+
+    def sampler(self, name: str) -> RowSampler:
+        self.samplers[name] = RowSampler(self.budget, self.min_k, self.floor, self.cache, name)
+        return self.samplers[name]
+
+    def _instrument(self, model: nn.Module) -> None:
+        """Measure the saved tensors of the first training forward: enter the hooks before it, leave them after it."""
+        model.register_forward_pre_hook(self._start_measure)
+        model.register_forward_hook(self._stop_measure, always_call=True)
+
+    def _start_measure(self, model: nn.Module, args: Any) -> None:
+        if self.measure_first_forward and model.training and torch.is_grad_enabled():
+            self._meter = SavedTensorMeter(model, self.watch)
+            self._meter.__enter__()
+
+    def _stop_measure(self, model: nn.Module, args: Any, output: Any) -> None:
+        if self._meter is not None:
+            self._meter.__exit__(None, None, None)
+            self.saved, self._meter, self.measure_first_forward = self._meter.result, None, False
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, module: Any, batch: dict[str, torch.Tensor]) -> None:
+        if "idx" not in batch:
+            raise ConfigError(
+                f"{self.name} keys its gradient-norm cache by dataset example index, but the training batch has no "
+                f"'idx' (keys: {sorted(batch)}); train through ftlab's TaskDataModule (its collator adds batch['idx']) "
+                f"or add an 'idx' tensor of dataset indices to every batch"
+            )
+        self.cache.begin_batch(batch["idx"], batch.get("attention_mask"))
+        if self._meter is None and self.saved is None:
+            ids = batch.get("input_ids")
+            self.measured_batch = {"batch": int(batch["idx"].numel()), "positions": int(ids.shape[1]) if ids is not None else 0}
+        if self._step_started is None:
+            self._step_started = time.perf_counter()
+
+    def on_after_optimizer_step(self, module: Any) -> None:
+        if self._step_started is not None:
+            self.step_seconds.append(time.perf_counter() - self._step_started)
+            self._step_started = None
+
+    def report(self, module: Any) -> dict[str, Any]:
+        stats = {k: sum(s.stats[k] for s in self.samplers.values()) for k in ("forwards", "rows", "kept", "deterministic", "draws")}
+        timed = self.step_seconds[1:] or self.step_seconds  # the first step pays one-off allocations
+        out: dict[str, Any] = {
+            "budget": self.budget, "min_k": self.min_k, "floor": self.floor, "sampled_layers": len(self.samplers),
+            "kept_row_fraction": stats["kept"] / stats["rows"] if stats["rows"] else None,
+            "deterministic_share_of_kept": stats["deterministic"] / stats["kept"] if stats["kept"] else None,
+            "step_seconds_mean": statistics.fmean(timed) if timed else None,
+            "step_seconds_median": statistics.median(timed) if timed else None,
+            "norm_cache": {"granularity": "token", "dtype": "bfloat16", "bytes": self.cache.nbytes(),
+                           "examples": self.cache.examples(), "positions": self.cache.max_positions,
+                           "layers": len(self.cache.tables)},
+        }
+        if self.saved is not None:
+            out["saved_tensors"] = {
+                "measured_on": {"step": "first training forward", **self.measured_batch},
+                "sampled_layers_bytes": self.saved.watched_total,
+                "sampled_layers_input_bytes_if_exact": sum(s.first_input_bytes or 0 for s in self.samplers.values()),
+                "whole_forward_bytes": self.saved.total_bytes,
+                "largest": self.saved.largest(5),
+            }
+        return out
+
+
+class WTACRS(_WTACRSMethod):
+    """Full fine-tuning with WTA-CRS weight gradients in the block linears of `roles` (default attn_out, ffn1, ffn2)."""
+
+    name = "wtacrs"
+
+    def __init__(
+        self,
+        budget: float = 0.3,
+        roles: Sequence[str] = DEFAULT_ROLES,
+        min_k: int = 10,
+        floor: float = 0.01,
+        max_positions: int = 128,
+        max_cache_mb: float = 4096,
+    ):
+        super().__init__(budget, min_k, floor, max_positions, max_cache_mb)
+        self.roles = check_roles(roles, self.name)
+
+    def setup(self, model: nn.Module, backbone: DictConfig) -> None:
+        for name, layer in block_linears(model, backbone, self.roles).items():
+            if not isinstance(layer, nn.Linear):
+                raise ConfigError(f"wtacrs replaces nn.Linear layers; {name} is a {type(layer).__name__} "
+                                  f"(GPT-2's Conv1D is not supported); choose other roles or another backbone")
+            replacement = WTACRSLinear(layer, self.sampler(name))
+            model.set_submodule(name, replacement)
+            self.watch[name] = replacement
+        self._instrument(model)
+
+    def report(self, module: Any) -> dict[str, Any]:
+        return {"roles": self.roles, **super().report(module)}
+
+
+class LoRAWTACRS(_WTACRSMethod):
+    """LoRA on `lora_roles` (default q, k, v) with WTA-CRS weight gradients for the down-projections A."""
+
+    name = "lora_wtacrs"
+
+    def __init__(
+        self,
+        budget: float = 0.3,
+        r: int = 32,
+        alpha: float = 32,
+        dropout: float = 0.1,
+        lora_roles: Sequence[str] = ("q", "k", "v"),
+        min_k: int = 10,
+        floor: float = 0.01,
+        max_positions: int = 128,
+        max_cache_mb: float = 4096,
+    ):
+        super().__init__(budget, min_k, floor, max_positions, max_cache_mb)
+        if not isinstance(r, int) or r < 1:
+            raise ConfigError(f"lora_wtacrs: rank r={r!r} must be a positive integer (the paper uses 32)")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"lora_wtacrs: dropout={dropout} must be in [0, 1)")
+        self.r, self.alpha, self.dropout = r, alpha, dropout
+        self.lora_roles = check_roles(lora_roles, self.name)
+
+    def setup(self, model: nn.Module, backbone: DictConfig) -> None:
+        targets: dict[str, list[str]] = {}
+        for role in self.lora_roles:
+            for name in block_linears(model, backbone, [role]):
+                targets.setdefault(name, []).append(role)
+        for name, roles in targets.items():
+            base = model.get_submodule(name)
+            if len(roles) > 1 or not isinstance(base, nn.Linear):
+                raise ConfigError(
+                    f"lora_wtacrs adapts whole nn.Linear projections; {name} is a {type(base).__name__} serving roles "
+                    f"{roles} (a fused projection such as GPT-2's c_attn); use method=lora for fused projections"
+                )
+            layer = SampledDownLoRALayer(base, self.r, self.alpha, self.dropout, roles, self.sampler(f"{name}.lora_A"))
+            model.set_submodule(name, layer)
+            self.watch[name] = layer
+        freeze_for_adapters(model, backbone)
+        self._instrument(model)
+
+    def report(self, module: Any) -> dict[str, Any]:
+        return {"lora_roles": self.lora_roles, "r": self.r, "alpha": self.alpha, "dropout": self.dropout,
+                **super().report(module)}

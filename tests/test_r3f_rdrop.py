@@ -1,0 +1,253 @@
+"""R3F / R4F and R-Drop: the symmetric KL, where and in which precision the noise goes, the spectral-normalised head,
+invariance to gradient accumulation, end-to-end tiny runs and bad-input errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from one_step import assert_same_gradients, one_step_gradients, tiny_parts
+
+from ftlab.errors import BackboneError, ConfigError
+from ftlab.methods.consistency import symmetric_kl, symmetric_kl_per_example
+from ftlab.methods.r3f import R3F, add_noise
+from ftlab.methods.rdrop import RDrop
+from ftlab.module import FineTuneModule
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on the shared 2-core machine a second thread makes these tiny runs several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _batch(cfg, rows: int = 6, length: int = 12) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(1000, 2000, (rows, length), generator=g)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    mask[0, -4:] = 0  # one padded row
+    labels = torch.randint(0, 2, (rows,), generator=g) if cfg.task.kind != "regression" else torch.rand(rows, generator=g) * 5
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(input_ids),
+            "labels": labels, "idx": torch.arange(rows)}
+
+
+def _module(tmp: Path, method, *overrides: str, dropout: float = 0.0) -> tuple[FineTuneModule, dict[str, torch.Tensor]]:
+    cfg, model = tiny_parts(tmp, *overrides, dropout=dropout)
+    method.setup(model, cfg.backbone)
+    model.train()
+    return FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone), _batch(cfg)
+
+
+# -- the symmetric KL --------------------------------------------------------------------------------------------
+def test_symmetric_kl_is_symmetric_nonnegative_and_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(8, 3, generator=g) * 3, torch.randn(8, 3, generator=g) * 3
+    kl = symmetric_kl_per_example(p, q)
+    assert torch.equal(kl, symmetric_kl_per_example(q, p))
+    assert (kl > 0).all()
+    P, Q = p.softmax(-1).double(), q.softmax(-1).double()
+    expected = (P * (P / Q).log()).sum(-1) + (Q * (Q / P).log()).sum(-1)
+    torch.testing.assert_close(kl.double(), expected, rtol=1e-5, atol=1e-7)
+    assert symmetric_kl(p, p).item() == 0.0
+    # batch mean: the mean of two half batches is the full batch (what makes it invariant to gradient accumulation)
+    torch.testing.assert_close(symmetric_kl(p, q), (symmetric_kl(p[:4], q[:4]) + symmetric_kl(p[4:], q[4:])) / 2)
+    torch.testing.assert_close(symmetric_kl(p, q, "sum"), kl.sum())
+
+
+def test_symmetric_kl_is_computed_in_fp32_from_bf16_logits():
+    p, q = torch.randn(4, 2).bfloat16(), torch.randn(4, 2).bfloat16()
+    assert symmetric_kl(p, q).dtype == torch.float32
+
+
+# -- R3F ---------------------------------------------------------------------------------------------------------
+def test_r3f_zero_noise_adds_exactly_zero(tmp_path):
+    module, batch = _module(tmp_path, R3F(sigma=0.0, lam=5.0))
+    outputs = module(batch)
+    assert module.method.consistency_term(module, batch, outputs).item() == 0.0
+    assert torch.equal(module.method.training_loss(module, batch, outputs, outputs.loss), outputs.loss)
+    module.method.sigma = 1e-2  # the same pass with noise gives a positive term
+    assert module.method.consistency_term(module, batch, outputs).item() > 0
+
+
+def test_r3f_noise_goes_on_the_word_embeddings_only_and_is_detached(tmp_path):
+    method = R3F(sigma=1e-3, noise="normal")
+    module, batch = _module(tmp_path, method)
+    embeddings = module.model.bert.embeddings
+    seen: list[torch.Tensor] = []
+    handle = embeddings.LayerNorm.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    drawn: list[torch.Tensor] = []
+    sample = method.sample_noise
+    method.sample_noise = lambda e: drawn.append(sample(e)) or drawn[-1]
+    module(batch)
+    noisy = method.noisy_logits(module, batch)
+    handle.remove()
+    assert len(drawn) == 1 and drawn[0].shape == (*batch["input_ids"].shape, 32)
+    assert 0.5e-3 < drawn[0].std().item() < 2e-3
+    # input of the embedding LayerNorm = word + position + token-type embeddings: it moves by exactly the noise
+    torch.testing.assert_close(seen[1] - seen[0], drawn[0], rtol=0, atol=1e-6)
+    # the noisy pass sends no gradient into the word-embedding table, but does into the others
+    module.model.zero_grad()
+    noisy.float().pow(2).sum().backward()
+    assert embeddings.word_embeddings.weight.grad is None or not embeddings.word_embeddings.weight.grad.any()
+    assert embeddings.position_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_r3f_noise_is_added_in_fp32():
+    g = torch.Generator().manual_seed(0)
+    emb = (torch.randn(4, 16, 32, generator=g) * 0.05).bfloat16()
+    noise = (torch.rand(4, 16, 32, generator=g) * 2 - 1) * 1e-5
+    noisy = add_noise(emb, noise)
+    assert noisy.dtype == torch.float32
+    torch.testing.assert_close(noisy - emb.float(), noise, rtol=0, atol=1e-8)
+    # the pitfall this avoids: in bf16 the noise vanishes for nearly every entry
+    assert (emb + noise.bfloat16() == emb).float().mean() > 0.95
+
+
+def test_r3f_under_bf16_autocast_keeps_fp32_noisy_embeddings(tmp_path):
+    method = R3F(sigma=1e-5)
+    module, batch = _module(tmp_path, method)
+    seen: list[torch.Tensor] = []
+    ln = module.model.bert.embeddings.LayerNorm
+    handle = ln.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = module(batch)
+        term = method.consistency_term(module, batch, outputs)
+    handle.remove()
+    assert seen[1].dtype == torch.float32 and (seen[1] != seen[0]).float().mean() > 0.9
+    assert term.dtype == torch.float32 and torch.isfinite(term)
+
+
+def test_r3f_refuses_bf16_weights(tmp_path):
+    module, _ = _module(tmp_path, R3F())
+    module.model.to(torch.bfloat16)
+    with pytest.raises(ConfigError, match="bf16-mixed"):
+        module.method.on_fit_start(module)
+
+
+def test_r3f_regression_official_adds_nothing_paper_adds_mse(tmp_path):
+    official, batch = _module(tmp_path, R3F(sigma=1e-2), "task=stsb")
+    outputs = official(batch)
+    assert official.method.consistency_term(official, batch, outputs) is None
+    assert torch.equal(official.method.training_loss(official, batch, outputs, outputs.loss), outputs.loss)
+    method = R3F(regression_term="paper")
+    method.sample_noise = _token_noise  # deterministic, so the noisy prediction can be recomputed
+    paper, batch = _module(tmp_path, method, "task=stsb")
+    outputs = paper(batch)
+    term = method.consistency_term(paper, batch, outputs)
+    expected = (outputs.logits - method.noisy_logits(paper, batch)).pow(2).mean()
+    assert term.item() > 0
+    torch.testing.assert_close(term, expected)
+
+
+def test_r4f_head_is_spectral_normalised(tmp_path):
+    method = R3F(spectral_norm_head=True)
+    cfg, model = tiny_parts(tmp_path)
+    before = torch.linalg.matrix_norm(model.classifier.weight.detach(), ord=2).item()
+    method.setup(model, cfg.backbone)
+    assert torch.nn.utils.parametrize.is_parametrized(model.classifier, "weight")
+    model.train()
+    model(**{k: v for k, v in _batch(cfg).items() if k != "idx"})
+    after = torch.linalg.matrix_norm(model.classifier.weight.detach(), ord=2).item()
+    assert abs(before - 1) > 0.05 and after == pytest.approx(1.0, abs=1e-3)
+
+
+# -- R-Drop ------------------------------------------------------------------------------------------------------
+def test_rdrop_without_dropout_gives_zero_kl_and_plain_loss(tmp_path):
+    module, batch = _module(tmp_path, RDrop(alpha=5.0, dropout=0.0), dropout=0.1)
+    assert all(m.p == 0 for m in module.model.modules() if isinstance(m, torch.nn.Dropout))
+    outputs = module(batch)
+    second = module.model(**module.model_inputs(batch))
+    assert module.method.consistency_term(module, outputs.logits, second.logits).item() == 0.0
+    assert torch.equal(module.method.training_loss(module, batch, outputs, outputs.loss), outputs.loss)
+
+
+def test_rdrop_with_dropout_gives_a_positive_term_and_combines_the_two_losses(tmp_path):
+    module, batch = _module(tmp_path, RDrop(alpha=1.0), dropout=0.1)
+    torch.manual_seed(0)
+    first, second = module(batch), module.model(**module.model_inputs(batch))
+    assert module.method.consistency_term(module, first.logits, second.logits).item() > 0
+    assert torch.equal(module.method.combine_losses(first.loss, second.loss), (first.loss + second.loss) / 2)
+    module.method.ce = "first"
+    assert torch.equal(module.method.combine_losses(first.loss, second.loss), first.loss)
+
+
+# -- gradient accumulation ---------------------------------------------------------------------------------------
+def _token_noise(embeddings: torch.Tensor) -> torch.Tensor:
+    # a function of each token's own embedding: the same noise whichever micro-batch the example lands in
+    return 1e-2 * torch.sin(1e3 * embeddings.float())
+
+
+def _r3f_with_fixed_noise(**kwargs) -> R3F:
+    method = R3F(**kwargs)
+    method.sample_noise = _token_noise
+    return method
+
+
+@pytest.mark.parametrize("make, rtol", [
+    (lambda: _r3f_with_fixed_noise(lam=5.0), 1e-5),  # a sum-reduced KL would differ by ~50% here
+    # R4F's power iteration advances once per training forward (2 vs 4 forwards here): equal up to its convergence
+    (lambda: _r3f_with_fixed_noise(lam=5.0, spectral_norm_head=True), 1e-3),
+    (lambda: RDrop(alpha=5.0), 1e-5),
+], ids=["r3f", "r4f", "rdrop"])
+def test_accumulating_two_half_batches_gives_the_full_batch_gradient(tmp_path, make, rtol):
+    full, method = one_step_gradients(tmp_path / "full", make, 16, 1)
+    half, _ = one_step_gradients(tmp_path / "half", make, 8, 2)
+    assert_same_gradients(full, half, rtol=rtol)
+    if isinstance(method, R3F):  # the term was active, so the check covers it
+        assert method._term_count == 1 and float(method._term_sum) > 0
+
+
+# -- end to end --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides", [
+    ("method=r3f", "method.noise=normal"),
+    ("method=r4f",),
+    ("method=rdrop",),
+    ("method=r3f", "task=stsb", "method.regression_term=paper"),
+], ids=["r3f", "r4f", "rdrop", "r3f-stsb-paper"])
+def test_tiny_runs_complete(run_tiny, overrides):
+    record = run_tiny(*overrides, "threads=1")
+    assert record["status"] == "completed"
+    report = record["method_report"]
+    passes = report.get("noisy_passes", report.get("second_passes"))
+    assert passes == 3 and report["term_mean"] > 0  # 48 rows, batch 16: one extra pass per step
+    if "method=r4f" in overrides:
+        assert record["config"]["method"]["name"] == "r4f"
+        assert report["head_spectral_norm"] == pytest.approx(1.0, abs=1e-2)
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"lam": -1.0}, "lam"), ({"sigma": -1e-5}, "sigma"), ({"noise": "gauss"}, "noise"),
+    ({"regression_term": "mse"}, "regression_term"),
+])
+def test_r3f_rejects_bad_settings(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        R3F(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"alpha": -0.1}, "alpha"), ({"ce": "avg"}, "ce"), ({"kl_reduction": "batchmean"}, "kl_reduction"),
+    ({"regression_term": "kl"}, "regression_term"), ({"dropout": 1.0}, "dropout"),
+])
+def test_rdrop_rejects_bad_settings(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        RDrop(**kwargs)
+
+
+def test_bad_lambda_from_the_command_line_is_a_config_error(run_tiny):
+    with pytest.raises(ConfigError, match="lam"):
+        run_tiny("method=r3f", "method.lam=-1", "threads=1")
+
+
+def test_r3f_needs_word_embeddings_and_a_head_in_the_backbone(tmp_path):
+    cfg, model = tiny_parts(tmp_path)
+    backbone = OmegaConf.merge(cfg.backbone, {"word_embeddings": None})
+    with pytest.raises(BackboneError, match="word_embeddings"):
+        R3F().setup(model, backbone)
+    backbone = OmegaConf.merge(cfg.backbone, {"head": ["bert.pooler.activation"]})
+    with pytest.raises(BackboneError, match="head"):
+        R3F(spectral_norm_head=True).setup(model, backbone)

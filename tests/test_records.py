@@ -1,0 +1,96 @@
+"""Run records: written atomically, reused when complete, failures recorded, never overwritten by another config."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftlab import records
+from ftlab.errors import FtlabError, NonFiniteLossError
+from ftlab.train import run
+
+from conftest import DATA_DIR, compose_config, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_record_has_the_promised_fields(run_tiny) -> None:
+    r = run_tiny("task=mrpc")
+    assert r["status"] == "completed"
+    assert r["config"]["task"]["name"] == "mrpc" and r["config"]["backbone"]["name"] == "tiny-bert"
+    assert r["metrics"]["selection"] == {"split": "dev", "metric": "f1", "rule": "best epoch on dev"}
+    assert len(r["metrics"]["history"]) == 1 and r["metrics"]["best"]["epoch"] == 0
+    assert set(r["metrics"]["best"]["metrics"]["dev"]) == {"f1", "accuracy"}
+    assert len(r["metrics"]["best"]["correct"]["dev"]) == 32  # per-example right/wrong for agreement summaries
+    assert r["parameters"]["total"] >= r["parameters"]["trainable"] > 0 and r["parameters"]["nonzero"] > 0
+    assert r["cost"]["samples_per_s"] > 0 and r["cost"]["train_samples"] == 48 and r["cost"]["optimizer_steps"] == 3
+    assert r["cost"]["cpu_peak_rss_mb"] > 0
+    assert r["environment"]["torch"] and "git_commit" in r["environment"]
+
+
+def test_completed_run_is_skipped_when_launched_again(run_tiny) -> None:
+    first = run_tiny("task=rte")
+    again = run_tiny("task=rte")
+    assert again["started"] == first["started"] and again["finished"] == first["finished"]
+
+
+def test_nan_loss_stops_the_run_and_records_failure(tmp_path: Path) -> None:
+    cfg = compose_config(tiny_overrides(tmp_path, "task=rte", "method._target_=nan_loss.NanLoss", "method.name=nan_loss"))
+    with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
+        run(cfg)
+    (path,) = (tmp_path / "records").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed" and "NonFiniteLossError" in record["error"]
+
+
+def test_failed_run_is_retried_not_skipped(tmp_path: Path) -> None:
+    bad = compose_config(tiny_overrides(tmp_path, "task=rte", "paths.data_dir=/nonexistent"))
+    with pytest.raises(FtlabError, match="data folder not found"):
+        run(bad)
+    (path,) = (tmp_path / "records").glob("*.json")
+    assert json.loads(path.read_text())["status"] == "failed"
+
+
+def test_write_refuses_to_overwrite_a_different_config(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    records.write_atomic(path, {"config_hash": "aaa", "status": "completed"})
+    with pytest.raises(FtlabError, match="different config"):
+        records.write_atomic(path, {"config_hash": "bbb", "status": "running"})
+    assert json.loads(path.read_text())["config_hash"] == "aaa"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
+
+
+def test_same_seed_gives_same_metrics(tmp_path: Path) -> None:
+    a = run(compose_config(tiny_overrides(tmp_path / "a", "task=stsb", "seed=3")))
+    b = run(compose_config(tiny_overrides(tmp_path / "b", "task=stsb", "seed=3")))
+    c = run(compose_config(tiny_overrides(tmp_path / "c", "task=stsb", "seed=4")))
+    assert a["metrics"]["best"]["predictions"] == b["metrics"]["best"]["predictions"]
+    assert a["metrics"]["best"]["predictions"] != c["metrics"]["best"]["predictions"]
+
+
+def _multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(ROOT / "run.py"), "-m", *tiny_overrides(tmp_path, *overrides),
+            f"hydra.sweep.dir={tmp_path}/multirun"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_multirun_basic_launcher_runs_every_point_and_survives_a_failure(tmp_path: Path) -> None:
+    """Two tasks x two seeds in one process; then a sweep where QNLI fails (no train.tsv staged) and WNLI goes on."""
+    done = _multirun(tmp_path, "task=rte,wnli", "seed=1,2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    failing = _multirun(tmp_path, "task=qnli,wnli", "seed=5")
+    assert failing.returncode == 0, failing.stderr[-2000:]
+    status = sorted((r["config"]["task"]["name"], r["status"]) for r in records.iter_records(tmp_path / "records"))
+    assert status.count(("rte", "completed")) == 2 and status.count(("wnli", "completed")) == 3
+    assert ("qnli", "failed") in status
+
+
+def test_multirun_joblib_launcher(tmp_path: Path) -> None:
+    done = _multirun(tmp_path, "task=wnli", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(r["config"]["seed"] for r in records.iter_records(tmp_path / "records")) == [1, 2]
