@@ -45,3 +45,12 @@ def run_tiny(tmp_path: Path) -> Callable[..., dict[str, Any]]:
         return run(compose_config(tiny_overrides(tmp_path, *overrides)))
 
     return _run
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for files of many tiny ops: a second thread only adds synchronisation on a 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -266,3 +266,24 @@ def test_experiment_variants_compose_into_valid_methods(experiment):
         assert isinstance(method, DSEE) and cfg.task.selection.metric in cfg.task.metrics
         if method.prune != "none":
             assert cfg.train.epochs > method.phase1_epochs
+
+
+def test_switch_restores_best_phase1_adapters_and_rebuilds_the_optimizer(tiny_bert, backbone):
+    method = DSEE(r=4, num_sparse=4, density=0.5, omega="random")
+    method.setup(tiny_bert, backbone)
+    rebuilt = []
+    trainer = SimpleNamespace(sanity_checking=False, global_step=7,
+                              strategy=SimpleNamespace(setup_optimizers=lambda t: rebuilt.append(t)))
+    module = SimpleNamespace(model=tiny_bert, trainer=trainer, history=[],
+                             task=SimpleNamespace(selection=SimpleNamespace(split="dev", metric="accuracy")))
+    B = tiny_bert.bert.encoder.layer[0].attention.self.query.lora_B
+    for score, value in ((60.0, 1.0), (50.0, 2.0)):  # epoch 0 is the best; epoch 1 moves B further
+        with torch.no_grad():
+            B.fill_(value)
+        module.history.append({"epoch": len(module.history), "step": 0, "metrics": {"dev": {"accuracy": score}}})
+        method.on_validation_end(module)
+    method.on_train_epoch_end(module, 4)  # phase1_epochs = 5: epoch index 4 ends phase 1
+    assert rebuilt == [trainer] and method.phase == 3 and module.history == []
+    assert [h["metrics"]["dev"]["accuracy"] for h in method.phase1_history] == [60.0, 50.0]
+    assert torch.all(B == 1.0)  # pruning started from the best phase-1 adapters
+    assert method.report(module)["phase1"]["best"]["epoch"] == 0

@@ -14,13 +14,7 @@ TOP = "bert.encoder.layer.1."
 POOLER = "bert.pooler."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on the shared 2-core machine a second thread makes these tiny runs several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- Re-init -----------------------------------------------------------------------------------------------------

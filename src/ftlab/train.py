@@ -80,6 +80,13 @@ def peak_memory_mb() -> dict[str, float]:
     return {"cpu_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def _portable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus machine paths: records are committed and must not carry one machine's folders."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("paths", None)
+    return config
+
+
 def _selection_key(cfg: DictConfig) -> tuple[str, str]:
     return cfg.task.selection.split, cfg.task.selection.metric
 
@@ -104,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return existing
     record: dict[str, Any] = {
         "name": name, "config_hash": records.config_hash(identity), "status": "running",
-        "experiment": cfg.get("experiment_name"), "config": OmegaConf.to_container(cfg, resolve=True),
+        "experiment": cfg.get("experiment_name"), "config": _portable_config(cfg),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     records.write_atomic(path, record)

@@ -5,8 +5,8 @@ method overrides only what it needs. State a method keeps (masks, ADMM Z and U, 
 or as buffers on the model, never in class attributes or module globals: two runs in one process must not meet.
 
 Order within one optimizer step: training_loss (every micro-batch) -> on_before_optimizer_step (once, unscaled
-gradients, before clipping) -> optimizer.step -> on_after_optimizer_step (once; `module.trainer.global_step` is
-already the new step count).
+gradients, before clipping) -> optimizer.step -> on_after_optimizer_step (once; Lightning increments
+`module.trainer.global_step` only after this hook returns, so the step just taken is number `global_step + 1`).
 """
 from __future__ import annotations
 

@@ -42,3 +42,20 @@ def squared_difference(p: torch.Tensor, q: torch.Tensor, reduction: Reduction = 
     with torch.autocast(device_type=p.device.type, enabled=False):
         per_example = (p.float() - q.float()).pow(2).reshape(p.shape[0], -1).mean(-1)
     return per_example.mean() if reduction == "mean" else per_example.sum()
+
+
+class TermLog:
+    """Logs a consistency term each step and keeps its running mean for the run record (no host sync per step)."""
+
+    def __init__(self, log_name: str):
+        self.log_name, self.total, self.count = log_name, None, 0
+
+    def add(self, module, term: torch.Tensor, batch_size: int) -> None:
+        detached = term.detach()
+        self.total = detached if self.total is None else self.total + detached
+        self.count += 1
+        module.log(self.log_name, detached, batch_size=batch_size)
+
+    @property
+    def mean(self) -> float | None:
+        return float(self.total) / self.count if self.count else None

@@ -27,7 +27,9 @@ after that epoch's validation):
 `prune=none` is the unpruned "dW_l + dW_s" of the paper's Tables 1-2 (with num_sparse=0 it is LoRA with DSEE's
 Gaussian init of A). `merge_at_end` folds dW into W and re-applies the masks, so pruned weights stay zero (the
 official code's merge fills them again). Structured pruning creates new parameters and so needs a single process
-(DDP's reducer would keep the old ones).
+(DDP's reducer would keep the old ones). With train.save_checkpoints=true, Lightning's checkpoint callback ranks
+epochs over the whole fit and may keep an (unpruned) phase-1 epoch as its "best" file; the run record's best is
+always a recovery epoch. The DSEE experiments turn checkpoints off.
 """
 from __future__ import annotations
 

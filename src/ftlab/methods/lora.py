@@ -138,7 +138,8 @@ class LoRALayer(nn.Module):
         if n == 1:
             delta = F.linear(h, self.lora_B)
         else:  # block-diagonal: slice i sees only its own r columns of h
-            delta = torch.einsum("...nr,nsr->...ns", h.unflatten(-1, (n, self.r)), self.lora_B.view(n, self.slice_size, self.r))
+            blocks = self.lora_B.view(n, self.slice_size, self.r)
+            delta = torch.einsum("...nr,nsr->...ns", h.unflatten(-1, (n, self.r)), blocks)
             delta = delta.flatten(-2)
         delta = delta * self.scaling
         y = y + delta if self.full_output else y.index_add(-1, self.lora_rows, delta.to(y.dtype))
@@ -207,7 +208,8 @@ class LoRALayer(nn.Module):
         else:
             cols = mapped[keep]
         trainable = self.sparse_values.requires_grad
-        self.sparse_values = nn.Parameter(self.sparse_values.detach()[keep].clone(), requires_grad=trainable and bool(keep.any()))
+        values = self.sparse_values.detach()[keep].clone()
+        self.sparse_values = nn.Parameter(values, requires_grad=trainable and values.numel() > 0)
         self.sparse_rows, self.sparse_cols = rows.clone(), cols.clone()
 
 
@@ -300,7 +302,8 @@ def add_lora(
         if r > min(part, in_features):
             raise ConfigError(
                 f"lora: rank r={r} exceeds what {name} allows (its adapted matrix is {part} x {in_features}, so r <= "
-                f"{min(part, in_features)}; r < {part * in_features // (part + in_features)} saves parameters); lower method.r"
+                f"{min(part, in_features)}; r < {part * in_features // (part + in_features)} saves parameters); "
+                f"lower method.r"
             )
         if num_sparse > part * in_features:
             raise ConfigError(

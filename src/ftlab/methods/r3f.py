@@ -33,9 +33,9 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..errors import BackboneError, ConfigError, require
+from ..errors import BackboneError, require
 from .base import Method
-from .consistency import squared_difference, symmetric_kl
+from .consistency import squared_difference, symmetric_kl, TermLog
 
 if TYPE_CHECKING:
     from ..module import FineTuneModule
@@ -90,8 +90,7 @@ class R3F(Method):
         self.regression_term, self.spectral_norm_head = regression_term, bool(spectral_norm_head)
         self.embeddings_path = ""
         self.head_name: str | None = None
-        self._term_sum: torch.Tensor | None = None
-        self._term_count = 0
+        self._term = TermLog("train/r3f_term")
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, backbone: DictConfig) -> None:
@@ -157,18 +156,15 @@ class R3F(Method):
         term = self.consistency_term(module, batch, outputs)
         if term is None:
             return loss
-        detached = term.detach()
-        self._term_sum = detached if self._term_sum is None else self._term_sum + detached
-        self._term_count += 1
-        module.log("train/r3f_term", detached, batch_size=batch["labels"].shape[0])
+        self._term.add(module, term, batch["labels"].shape[0])
         return loss + self.lam * term
 
     def report(self, module: FineTuneModule) -> dict[str, Any]:
         out: dict[str, Any] = {
             "noise": self.noise, "sigma": self.sigma, "lambda": self.lam, "regression_term": self.regression_term,
             "spectral_norm_head": self.spectral_norm_head,
-            "term_mean": float(self._term_sum) / self._term_count if self._term_count else None,
-            "noisy_passes": self._term_count,
+            "term_mean": self._term.mean,
+            "noisy_passes": self._term.count,
         }
         if self.head_name is not None:
             with torch.no_grad():

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import require
 from .base import Method
-from .consistency import squared_difference, symmetric_kl
+from .consistency import squared_difference, symmetric_kl, TermLog
 
 if TYPE_CHECKING:
     from ..module import FineTuneModule
@@ -72,8 +72,7 @@ class RDrop(Method):
         self.alpha, self.ce, self.kl_reduction = float(alpha), ce, kl_reduction
         self.regression_term = regression_term
         self.dropout = None if dropout is None else float(dropout)
-        self._term_sum: torch.Tensor | None = None
-        self._term_count = 0
+        self._term = TermLog("train/rdrop_term")
 
     def setup(self, model: nn.Module, backbone: DictConfig) -> None:
         if self.dropout is not None:
@@ -101,16 +100,13 @@ class RDrop(Method):
         term = self.consistency_term(module, outputs.logits, second.logits)
         if term is None:
             return total
-        detached = term.detach()
-        self._term_sum = detached if self._term_sum is None else self._term_sum + detached
-        self._term_count += 1
-        module.log("train/rdrop_term", detached, batch_size=batch["labels"].shape[0])
+        self._term.add(module, term, batch["labels"].shape[0])
         return total + self.alpha * term
 
     def report(self, module: FineTuneModule) -> dict[str, Any]:
         return {
             "alpha": self.alpha, "ce": self.ce, "kl_reduction": self.kl_reduction,
             "regression_term": self.regression_term, "dropout": self.dropout,
-            "term_mean": float(self._term_sum) / self._term_count if self._term_count else None,
-            "second_passes": self._term_count,
+            "term_mean": self._term.mean,
+            "second_passes": self._term.count,
         }

@@ -118,7 +118,8 @@ class _SampledWeightGradLinear(torch.autograd.Function):
             if rows is None:
                 grad_w = g2.t() @ kept.to(g2.dtype)
             else:
-                picked = (g2.index_select(0, rows).float() * weights[:, None]).to(kept.dtype)
+                wide = torch.promote_types(g2.dtype, torch.float32)  # weight the rows before rounding to bf16
+                picked = (g2.index_select(0, rows).to(wide) * weights.to(wide)[:, None]).to(kept.dtype)
                 grad_w = picked.t() @ kept
             grad_w = grad_w.to(ctx.weight_dtype)
             if slots is not None:
