@@ -82,7 +82,8 @@ def measure(shape: tuple[int, int], tokens: int, dtype: torch.dtype, iters: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="minilm", help="ftlab backbone whose block-linear shapes to add ('' = none)")
+    parser.add_argument("--backbone", default="minilm",
+                        help="ftlab backbone whose block-linear shapes to add ('' = none)")
     parser.add_argument("--tokens", type=int, default=32 * 128, help="rows of the activation: batch x sequence length")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     parser.add_argument("--iters", type=int, default=100)

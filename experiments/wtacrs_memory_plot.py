@@ -33,7 +33,8 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], ylabel: st
                 ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(labels)), labels, rotation=25, ha="right")
     ax.set_ylabel(ylabel)
-    ax.legend()
+    ax.set_ylim(top=1.3 * max(max(v) for v in series.values()))  # room for the legend above the bars
+    ax.legend(loc="upper right", ncol=len(series))
 
 
 def plot_benchmark(path: Path, out: Path) -> list[Path]:

@@ -24,19 +24,18 @@ def test_config_groups_exist() -> None:
     assert {"csv", "wandb", "tensorboard"} <= set(options("logger"))
 
 
-def pairwise_combinations() -> list[tuple[str, str, str]]:
-    """Every pair of choices across the three groups (backbone x task, method x task, method x backbone), the third
-    group at its default: the groups only interact pairwise through interpolations, and the full product would
-    compose thousands of configs for no extra coverage."""
-    backbones, tasks, methods = options("backbone"), options("task"), options("method")
-    combos = {(b, t, "finetune") for b in backbones for t in tasks}
-    combos |= {("minilm", t, m) for m in methods for t in tasks}
-    combos |= {(b, "rte", m) for m in methods for b in backbones}
+def one_of_each() -> list[tuple[str, str, str]]:
+    """Each backbone, task and method once, the other two groups at their defaults. Groups meet only through
+    interpolations, which resolving each file once exercises; a Hydra compose costs ~0.2 s, so the full product
+    (thousands of configs) would cost CI minutes for no extra coverage."""
+    combos = {(b, "rte", "finetune") for b in options("backbone")}
+    combos |= {("minilm", t, "finetune") for t in options("task")}
+    combos |= {("minilm", "rte", m) for m in options("method")}
     return sorted(combos)
 
 
-def test_every_pair_of_choices_composes_and_resolves() -> None:
-    combos = pairwise_combinations()
+def test_every_choice_composes_and_resolves() -> None:
+    combos = one_of_each()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for backbone, task, method in combos:
             cfg = compose("config", overrides=[f"backbone={backbone}", f"task={task}", f"method={method}"])
@@ -47,7 +46,7 @@ def test_every_pair_of_choices_composes_and_resolves() -> None:
             if resolved["task"]["kind"] != "generation":
                 assert resolved["task"]["selection"]["metric"] in resolved["task"]["metrics"]
                 assert resolved["task"]["selection"]["split"] in resolved["task"]["eval_splits"]
-    assert len(combos) >= 8 * 9
+    assert len(combos) >= 8 + 9
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

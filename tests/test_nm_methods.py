@@ -285,3 +285,24 @@ def test_tiny_admm_unstructured_run_ends_at_half_density_per_layer(run_tiny: Any
     assert report["pattern"].startswith("unstructured 50%") and report["pattern_compliance"] == 1.0
     assert len(report["admm"]["iterations"]) == 1  # one epoch, one iteration at its end
     assert report["admm"]["rho"] == 3e-3
+
+
+# -- experiment grids -------------------------------------------------------------------------------------------
+def test_paper_grid_points_resolve_per_method_and_task_and_repeat_points_share_one_run() -> None:
+    from ftlab.config import identity_config
+    from ftlab.records import record_name
+
+    def point(*overrides: str) -> tuple[Any, str]:
+        cfg = compose_config(["experiment=nxm_table1", *overrides])
+        return cfg, record_name(identity_config(cfg))
+
+    cfg, _ = point("method=nxm", "task=rte", "grid.lr_index=3", "grid.rho_index=2", "grid.batch_size_index=1")
+    assert (cfg.optim.lr, cfg.method.rho, cfg.train.batch_size, cfg.train.epochs) == (1e-4, 1e-2, 32, 10)
+    cfg, _ = point("method=asp", "task=sst2", "grid.lr_index=4")
+    assert (cfg.optim.lr, cfg.train.epochs, "rho" in cfg.method) == (9e-5, 5, False)
+    # MNLI's NxM lr list has 3 entries: index 4 falls back to index 0, the same run
+    assert point("method=nxm", "task=mnli", "grid.lr_index=4")[1] == point("method=nxm", "task=mnli")[1]
+    # rho does not exist for dense fine-tuning: its index changes nothing
+    assert point("method=finetune", "task=rte", "grid.rho_index=2")[1] == point("method=finetune", "task=rte")[1]
+    assert point("method=nxm", "task=rte", "grid.rho_index=2")[1] != point("method=nxm", "task=rte")[1]
+    assert compose_config(["method=nxm"]).method.rho == 3e-3  # a plain run: the method's default

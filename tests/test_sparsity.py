@@ -10,8 +10,8 @@ from torch import nn
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
 from ftlab.sparsity import (
-    check_divisible, layer_mask, nm_compliance, nm_mask, project_nm, project_unstructured, sparsity_report, target_layers,
-    unstructured_mask, verify_nm,
+    check_divisible, layer_mask, nm_compliance, nm_mask, project_nm, project_unstructured, sparsity_report,
+    target_layers, unstructured_mask, verify_nm,
 )
 
 from conftest import compose_config
@@ -116,7 +116,8 @@ def test_targets_are_the_six_block_linears_and_the_pooler_only_on_request() -> N
 
 def test_m_not_dividing_the_input_dim_names_the_layer_and_the_fix() -> None:
     model, backbone = tiny_model()  # hidden 32, intermediate 64
-    with pytest.raises(ConfigError, match=r"layer bert\.encoder\.layer\.0\..* input dim 32, not a multiple of m=5.*method\.m"):
+    message = r"layer bert\.encoder\.layer\.0\..* input dim 32, not a multiple of m=5.*method\.m"
+    with pytest.raises(ConfigError, match=message):
         check_divisible(target_layers(model, backbone), 5)
 
 

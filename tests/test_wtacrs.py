@@ -10,19 +10,14 @@ from ftlab.backbones import block_linears, load_model
 from ftlab.errors import ConfigError
 from ftlab.methods.wtacrs import LoRAWTACRS, WTACRS
 from ftlab.methods.wtacrs_cache import NormCache
+from ftlab.methods.wtacrs_memory import SavedTensorMeter
 from ftlab.methods.wtacrs_ops import RowSampler, WTACRSLinear, sampled_linear
 from ftlab.methods.wtacrs_sampling import budget_rows, deterministic_count, plan_rows, row_probabilities
 
 from conftest import compose_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Thousands of tiny ops: a second thread only adds synchronisation on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # thousands of tiny ops: a second thread only synchronises
 
 
 def concentrated_problem(n: int = 40, d_in: int = 6, d_out: int = 5, seed: int = 0):
@@ -205,6 +200,21 @@ def test_only_the_kept_rows_are_saved_for_backward() -> None:
         layer(x)
     row_blocks = [s for s in saved if len(s) == 2 and s[1] == 16 and s != layer.weight.shape]
     assert len(row_blocks) == 1 and row_blocks[0][0] <= 25  # ≤ k = 25 distinct rows of the 100, not all of X
+
+
+def test_saved_tensor_meter_counts_activations_once_and_skips_weights() -> None:
+    torch.manual_seed(8)
+    x = torch.randn(4, 25, 16, requires_grad=True)
+    exact = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 8))
+    with SavedTensorMeter(exact, {"1": exact[1]}) as meter:
+        exact(x).sum().backward()
+    # each Linear saves its input (x, then the 100 x 32 hidden rows), never its weight
+    assert meter.result.total_bytes == x.numel() * 4 + 100 * 32 * 4
+    assert meter.result.watched_bytes == {"1": 100 * 32 * 4}
+    sampled = nn.Sequential(nn.Linear(16, 32), WTACRSLinear(nn.Linear(32, 8), RowSampler(0.3, min_k=1)))
+    with SavedTensorMeter(sampled, {"1": sampled[1]}) as meter:
+        sampled(x).sum().backward()
+    assert 0 < meter.result.watched_total <= 30 * 32 * 4 + 30 * (8 + 4)  # ≤ k = 30 rows, their ids and weights
 
 
 # -- the cache --------------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def as_out_in(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def layer_mask(layer: nn.Module, projector: Projector, tensor: torch.Tensor | None = None) -> torch.Tensor:
-    """projector's mask of `tensor` (default: the layer's weight), computed in (out, in), returned in the layer layout."""
+    """projector's mask of `tensor` (default: the layer's weight), computed in (out, in), returned in layer layout."""
     source = layer.weight if tensor is None else tensor
     return as_out_in(layer, projector(as_out_in(layer, source.detach()))).contiguous()
 

@@ -82,7 +82,8 @@ class ADMMSparsity(Method):
         require(isinstance(masked_retrain_epochs, int) and masked_retrain_epochs >= 0,
                 f"method.masked_retrain_epochs={masked_retrain_epochs!r} must be an integer >= 0 (0 = off)")
         self.rho, self.iteration_every = float(rho), iteration_every
-        self.masked_retrain_epochs, self.include_pooler, self.save_model = masked_retrain_epochs, include_pooler, save_model
+        self.masked_retrain_epochs = masked_retrain_epochs
+        self.include_pooler, self.save_model = include_pooler, save_model
         self.layers: dict[str, nn.Module] = {}
         self.phase = "admm"  # admm -> masked (optional re-training) -> pruned
         self.iterations: list[dict[str, Any]] = []
@@ -141,7 +142,9 @@ class ADMMSparsity(Method):
             terms = [_Penalty.apply(layer.weight, *self.state(layer)[:2], self.rho) for layer in self.layers.values()]
             return torch.stack(terms).sum()
 
-    def training_loss(self, module: FineTuneModule, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
+    def training_loss(
+        self, module: FineTuneModule, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor,
+    ) -> torch.Tensor:
         if self.phase != "admm":
             return loss
         penalty = self.penalty()

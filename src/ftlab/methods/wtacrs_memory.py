@@ -2,8 +2,9 @@
 
 `torch.autograd.graph.saved_tensors_hooks` sees every tensor an op saves for its backward. A step's saved-tensor peak
 is reached when the forward ends (nothing saved is freed before backward starts), so the sum over distinct storages
-saved during the forward is that peak. Counted once per storage (Q, K and V save the same input: one tensor), and not
-counted: parameters and their dtype casts (autocast's bf16 weight copies), which exist once whatever the batch size.
+saved during the forward is that peak. Counted once per storage (Q, K and V save the same input: one tensor; it counts
+for the first module that saves it), and not counted: parameters and their dtype casts (autocast's bf16 weight
+copies), which exist once whatever the batch size.
 On CPU the allocator keeps no statistics, so this is the activation-memory measurement that works on every device.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ _WEIGHT_PATH = {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "ViewBack
                 "ExpandBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AliasBackward0"}
 
 
-def _is_parameter_cast(t: torch.Tensor, frozen: dict[tuple[int, ...], list[torch.Tensor]]) -> bool:
+def _is_parameter_cast(t: torch.Tensor, frozen: dict[tuple[int, ...], list[torch.Tensor]], params: set[int]) -> bool:
     """True for a parameter seen through views and dtype casts (autocast's low-precision weight copies)."""
     node = t.grad_fn
     if node is None:  # a frozen weight's cast has no history: recognise it by its values
@@ -38,7 +39,9 @@ def _is_parameter_cast(t: torch.Tensor, frozen: dict[tuple[int, ...], list[torch
         if len(parents) != 1:
             return False
         node = parents[0]
-    return node is not None and type(node).__name__ == "AccumulateGrad"
+    if node is None or type(node).__name__ != "AccumulateGrad":
+        return False
+    return node.variable.untyped_storage().data_ptr() in params  # a parameter, not an input that requires grad
 
 
 @dataclass
@@ -79,10 +82,12 @@ class SavedTensorMeter:
         self._frozen: dict[tuple[int, ...], list[torch.Tensor]] = {}
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        # keep a detached alias: an op's saved *output* returned as-is would hold its own grad_fn, a reference cycle
+        # that leaks the whole graph when it is dropped without a backward (first-order backward is unaffected)
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr in self._seen or ptr in self._param_ptrs or _is_parameter_cast(t, self._frozen):
-            return t
+        if ptr in self._seen or ptr in self._param_ptrs or _is_parameter_cast(t, self._frozen, self._param_ptrs):
+            return t.detach()
         self._seen.add(ptr)
         nbytes = storage.nbytes()
         owner = self._inside[-1] if self._inside else None
@@ -92,7 +97,7 @@ class SavedTensorMeter:
         op = type(t.grad_fn).__name__ if t.grad_fn is not None else "leaf"
         self.result.entries.append({"bytes": nbytes, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                                     "owner": owner, "produced_by": op})
-        return t
+        return t.detach()
 
     def _enter(self, name: str) -> None:
         self._inside.append(name)
