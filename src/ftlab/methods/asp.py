@@ -10,16 +10,16 @@ permutation (newer apex) is not done: the 2021 baseline predates it. The masks a
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ..config import portable_path
 from ..sparsity import (
     as_out_in, check_divisible, check_nm, layer_mask, mask_gradients_, mask_weights_, nm_mask, save_sparse_model,
-    sparsity_report, target_layers,
+    sparse_model_folder, sparsity_report, target_layers,
 )
 from .base import Method
 
@@ -68,7 +68,7 @@ class ASP(Method):
 
     def on_fit_end(self, module: FineTuneModule) -> None:
         if self.save_model:
-            save_sparse_model(module.model, Path(module.trainer.default_root_dir) / "sparse_model", [MASK])
+            save_sparse_model(module.model, sparse_model_folder(module.trainer.default_root_dir), [MASK])
 
     def report(self, module: FineTuneModule) -> dict[str, Any]:
         report = sparsity_report(self.layers, self.n, self.m, model=module.model)
@@ -76,5 +76,5 @@ class ASP(Method):
             # ||W0 - Pi(W0)|| / ||W0|| per layer: how much of the pretrained weights the one-shot mask removed
             report["initial_prune_relative_change_mean"] = sum(self.initial_prune.values()) / len(self.initial_prune)
         if self.save_model:
-            report["saved_model"] = str(Path(module.trainer.default_root_dir) / "sparse_model")
+            report["saved_model"] = portable_path(sparse_model_folder(module.trainer.default_root_dir))
         return report
