@@ -94,3 +94,20 @@ def test_multirun_joblib_launcher(tmp_path: Path) -> None:
     done = _multirun(tmp_path, "task=wnli", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(r["config"]["seed"] for r in records.iter_records(tmp_path / "records")) == [1, 2]
+
+
+def test_identity_ignores_table_text_and_is_recomputable_from_a_record() -> None:
+    from omegaconf import OmegaConf
+
+    from ftlab.config import identity_config, identity_of
+
+    cfg = compose_config(["experiment=glue_dense_cpu", "task=rte"])
+    before = records.record_name(identity_config(cfg))
+    cfg.table.ours = "reworded"
+    cfg.table.rule = "median"
+    assert records.record_name(identity_config(cfg)) == before  # rewording a table does not re-run its runs
+    cfg.optim.lr = 1e-3
+    assert records.record_name(identity_config(cfg)) != before
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    stored.pop("paths")  # what a record keeps (train._portable_config)
+    assert identity_of(stored) == identity_config(cfg)

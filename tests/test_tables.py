@@ -64,3 +64,19 @@ def test_committed_tables_regenerate_byte_identically(tmp_path: Path) -> None:
         committed = PROJECT_ROOT / "results" / path.name
         assert committed.is_file(), f"results/{path.name} is not committed; run `python -m ftlab.tables`"
         assert path.read_text() == committed.read_text(), f"results/{path.name} is stale; run `python -m ftlab.tables`"
+
+
+def test_records_from_reuses_another_experiments_runs_and_says_so() -> None:
+    from omegaconf import OmegaConf
+
+    from ftlab.tables import build_table
+
+    experiment = OmegaConf.create({"experiment_name": "mine", "table": {
+        "name": "t", "title": "T", "ours": "o", "rule": "mean_std", "records_from": ["dense"],
+        "rows": [{"label": "FT", "method": "finetune"}], "columns": [{"task": "rte", "metric": "accuracy"}]}})
+    dense = fake_record("rte", "finetune", 1, 60.0, [1, 0])
+    other = fake_record("rte", "finetune", 2, 64.0, [1, 1])
+    dense["experiment"], other["experiment"] = "dense", "unrelated"
+    markdown, _ = build_table(experiment, [dense, other])
+    assert "| FT | ours (n≤1) | 60.00 (n=1) |" in markdown  # the unrelated experiment's run is not counted
+    assert "`dense` (results/records/dense/)" in markdown

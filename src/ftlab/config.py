@@ -38,18 +38,23 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ftlab.package_dir", _package_dir)
 
 
+# Keys that never change what a run computes: where files go, how it is logged, how its table is rendered, and the
+# sweep indices (`grid`: only the values they select, e.g. optim.lr, decide a run, so index points that select the
+# same values are one run, run once). Editing a table's text must not make every completed run look new.
+NOT_RUN_DECIDING = ("paths", "logger", "hydra", "experiment_name", "grid", "table")
+UI_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
+
+
 def identity_config(cfg: DictConfig) -> dict:
-    """The part of the resolved config that decides the result of a run (paths, loggers and UI excluded)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    # `grid`: an experiment's sweep indices into the paper's per-task lists; only the values they select (optim.lr,
-    # method.rho, ...) decide a run, so index points that select the same values are one run, run once
-    for key in ("paths", "logger", "hydra", "experiment_name", "grid"):
-        container.pop(key, None)
-    trainer = dict(container.get("trainer", {}))
-    for key in ("enable_progress_bar", "log_every_n_steps", "enable_model_summary"):
-        trainer.pop(key, None)
-    container["trainer"] = trainer
-    return container
+    """The part of the resolved config that decides the result of a run."""
+    return identity_of(OmegaConf.to_container(cfg, resolve=True))
+
+
+def identity_of(config: dict) -> dict:
+    """identity_config of an already resolved config (e.g. the one a record stores)."""
+    identity = {k: v for k, v in config.items() if k not in NOT_RUN_DECIDING}
+    identity["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k not in UI_TRAINER_KEYS}
+    return identity
 
 
 register_resolvers()
