@@ -3,7 +3,8 @@
     python benchmarks/throughput.py [--steps 20] [--batch-size 32] [--precisions fp32 bf16]
 
 Compared at the same model, data, batch size and precision:
-  ftlab            dynamic padding to a multiple of 8 + length-grouped batches (the framework's defaults)
+  ftlab            dynamic padding to a multiple of 8 + length-grouped batches + eager attention on CPU (the
+                   framework's defaults, as run.py trains)
   trainer-static   HF Trainer with run_glue.py's defaults: every sequence padded to max_length 128
   trainer-dynamic  HF Trainer with DataCollatorWithPadding (dynamic padding, random batches)
 Time is measured inside training steps (forward, backward, optimizer), skipping the first `--warmup` steps.
@@ -20,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-from ftlab.backbones import load_model, load_tokenizer
+from ftlab.backbones import attention_for, load_model, load_tokenizer
 from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
 from ftlab.data.glue import read_local_split
 from ftlab.data.module import TaskDataModule
@@ -99,7 +100,7 @@ def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
 def run_ftlab(cfg, steps: int, warmup: int, precision: str) -> StepTimer:
     pl.seed_everything(0, verbose=False)
     tokenizer = load_tokenizer(cfg.backbone)
-    model = load_model(cfg.backbone, num_labels=2)
+    model = load_model(cfg.backbone, attn_implementation=attention_for("cpu"), num_labels=2)  # as run.py on CPU
     model.train()
     data = TaskDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, None, cfg.train.batch_size, 0)
     module = FineTuneModule(model, FineTune(), cfg.task, cfg.optim, cfg.backbone)
@@ -117,7 +118,7 @@ def run_trainer(cfg, steps: int, warmup: int, precision: str, static: bool, out:
     from datasets import Dataset
 
     tokenizer = load_tokenizer(cfg.backbone)
-    model = load_model(cfg.backbone, num_labels=2)
+    model = load_model(cfg.backbone, num_labels=2)  # transformers' default attention, as run_glue.py loads it
     rows = read_local_split(DATA_DIR, cfg.task, "train")
     fields = list(cfg.task.text_fields)
     enc = tokenizer(*[[r[f] for r in rows] for f in fields], truncation=True, max_length=128,

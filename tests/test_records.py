@@ -30,6 +30,7 @@ def test_record_has_the_promised_fields(run_tiny) -> None:
     assert r["cost"]["samples_per_s"] > 0 and r["cost"]["train_samples"] == 48 and r["cost"]["optimizer_steps"] == 3
     assert r["cost"]["cpu_peak_rss_mb"] > 0
     assert r["environment"]["torch"] and "git_commit" in r["environment"]
+    assert r["environment"]["attn_implementation"] == "eager"  # the faster CPU attention (backbones.attention_for)
 
 
 def test_completed_run_is_skipped_when_launched_again(run_tiny) -> None:

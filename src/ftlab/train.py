@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import records
-from .backbones import load_model, load_tokenizer, parameter_counts
+from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
 from .config import PROJECT_ROOT, identity_config
 from .data.module import TaskDataModule
 from .errors import ConfigError
@@ -134,8 +134,9 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.backbone)
     task = cfg.task
     generation = task.kind == "generation"  # data-to-text: a decoder LM, ftlab.nlg's data module and module
-    model = load_model(cfg.backbone, head="causal_lm") if generation else load_model(
-        cfg.backbone, num_labels=task.num_labels,
+    attention = attention_for(cfg.trainer.accelerator)
+    model = load_model(cfg.backbone, head="causal_lm", attn_implementation=attention) if generation else load_model(
+        cfg.backbone, attn_implementation=attention, num_labels=task.num_labels,
         problem_type="regression" if task.kind == "regression" else "single_label_classification",
     )
     model.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: dropout would stay off
@@ -188,7 +189,7 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
             "tokens_per_s": meter.tokens / meter.seconds if meter.seconds else None,
             "optimizer_steps": trainer.global_step, **peak_memory_mb(),
         },
-        "environment": environment(),
+        "environment": {**environment(), "attn_implementation": model.config._attn_implementation},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"generation": module.generation_report()} if generation else {}),
     }
