@@ -31,6 +31,7 @@ def test_record_has_the_promised_fields(run_tiny) -> None:
     assert r["cost"]["cpu_peak_rss_mb"] > 0
     assert r["environment"]["torch"] and "git_commit" in r["environment"]
     assert r["environment"]["attn_implementation"] == "eager"  # the faster CPU attention (backbones.attention_for)
+    assert r["environment"]["adamw_fused"] is True
 
 
 def test_completed_run_is_skipped_when_launched_again(run_tiny) -> None:

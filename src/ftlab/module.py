@@ -113,15 +113,31 @@ class FineTuneModule(pl.LightningModule):
         })
 
     # -- optimiser ----------------------------------------------------------------------------------------------
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning refuses to clip for any fused optimizer, since under fp16 loss scaling it would unscale inside its
+        step; ftlab fuses AdamW only without loss scaling (configure_optimizers), so these are the true gradients."""
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self) -> dict[str, Any]:
         named = list(self.method.parameters_to_train(self.model))
         decay = [p for n, p in named if not any(k in n for k in NO_DECAY)]
         no_decay = [p for n, p in named if any(k in n for k in NO_DECAY)]
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # a fused AdamW may unscale internally and hide gradients from the hooks: keep the plain loop
+        # Fused AdamW (what the HF Trainer uses by default): one kernel over all parameters, 10x faster than the
+        # per-tensor loop on CPU (benchmarks/optimizer_step.py). Not under fp16 loss scaling: there a fused optimizer
+        # unscales inside its step, so the methods' gradient hooks would see scaled gradients.
         optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
-            fused=False,
+            fused=str(self.trainer.precision) not in ("16-mixed", "16", "16-true"),
         )
         # steps left (all of them at fit start; fewer when a method re-creates the optimizer mid-fit), or the phase's
         total = self.method.schedule_steps(self, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)

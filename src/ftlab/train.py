@@ -189,7 +189,8 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
             "tokens_per_s": meter.tokens / meter.seconds if meter.seconds else None,
             "optimizer_steps": trainer.global_step, **peak_memory_mb(),
         },
-        "environment": {**environment(), "attn_implementation": model.config._attn_implementation},
+        "environment": {**environment(), "attn_implementation": model.config._attn_implementation,
+                        "adamw_fused": bool(trainer.optimizers and trainer.optimizers[0].defaults.get("fused"))},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"generation": module.generation_report()} if generation else {}),
     }
