@@ -91,7 +91,7 @@ def load_model(
 
 def attention_for(accelerator: str) -> str | None:
     """Eager attention on CPU: there SDPA trains through its unfused math path, and a MiniLM training step runs
-    13-25 % faster with eager (benchmarks/attention_impl.py); elsewhere transformers' default (SDPA / flash)."""
+    12-15 % faster with eager (benchmarks/attention_impl.py); elsewhere transformers' default (SDPA / flash)."""
     return "eager" if accelerator == "cpu" else None
 
 
