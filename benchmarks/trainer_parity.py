@@ -9,7 +9,6 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -17,6 +16,7 @@ from ftlab.backbones import load_model, load_tokenizer
 from ftlab.config import PROJECT_ROOT
 from ftlab.data.glue import read_local_split
 from ftlab.metrics import compute_metrics, predictions
+from ftlab.tables import aggregate
 
 from throughput import DATA_DIR, compose
 
@@ -34,7 +34,7 @@ def main() -> None:
     tokenizer = load_tokenizer(cfg.backbone)
     bests = [train_once(cfg, tokenizer, args, seed) for seed in args.seeds]
     print(f"HF Trainer, MiniLM, {args.task} best-epoch {task.selection.metric} over seeds {args.seeds}: "
-          f"{[round(b, 2) for b in bests]}; mean {np.mean(bests):.2f} +- {np.std(bests):.2f}")
+          f"{[round(b, 2) for b in bests]}; mean ± sample std {aggregate(bests, 'mean_std')}")  # as the tables
 
 
 def train_once(cfg, tokenizer, args: argparse.Namespace, seed: int) -> float:
