@@ -266,6 +266,37 @@ def test_bad_roles_missing_indices_and_overflows_are_refused() -> None:
     cache.begin_batch(torch.tensor([0, 500]))
     with pytest.raises(ConfigError, match="max_cache_mb"):
         layer(torch.randn(2, 4, 3))
+    with pytest.raises(ConfigError, match="attention_norms"):
+        WTACRS(attention_norms="per_token")
+
+
+def test_cache_sized_for_the_training_set_fails_on_the_first_forward_not_mid_epoch() -> None:
+    per_example = 4 * 2 + 1  # 4 positions of bf16 + the seen flag
+    cache = NormCache(max_positions=4, max_bytes=2 * 100 * per_example)  # room for 2 tables x 100 examples
+    layer = WTACRSLinear(nn.Linear(3, 3), RowSampler(0.5, cache=cache, cache_key="a"))
+    cache.register("b")
+    cache.expect(100)
+    cache.begin_batch(torch.tensor([0, 1]))
+    layer(torch.randn(2, 4, 3))
+    assert all(t.shape[0] == 100 for t in cache.tables.values())  # allocated for the whole set on the first batch
+    with pytest.raises(ConfigError, match="3 tables"):  # one more table would not fit: refused when registered
+        cache.register("c")
+    cache.expect(101)
+    cache.begin_batch(torch.tensor([0, 100]))
+    with pytest.raises(ConfigError, match="max_cache_mb"):
+        layer(torch.randn(2, 4, 3))
+
+
+def test_fit_start_sizes_the_cache_by_the_largest_training_index() -> None:
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    train = Dataset.from_dict({"idx": [3, 41, 9]})  # a subset keeps the rows' indices in the full split
+    module = SimpleNamespace(trainer=SimpleNamespace(datamodule=SimpleNamespace(load_split=lambda split: train)))
+    method = WTACRS()
+    method.on_fit_start(module)
+    assert method.cache.expected_examples == 42
 
 
 # -- backbones and end to end -----------------------------------------------------------------------------------------
@@ -300,6 +331,8 @@ def test_tiny_bert_wtacrs_end_to_end(run_tiny) -> None:
     assert report["kept_row_fraction"] <= 0.3 + 1e-9
     assert report["sample_attention"] and report["sampled_attention_products"] == 2  # one P·V per block
     assert 0 < report["attention_kept_row_fraction"] < 1
+    assert report["sample_scores"] and report["sampled_score_products"] == 2  # one QKᵀ per block
+    assert 0 < report["score_kept_row_fraction"] < 1
 
 
 def test_tiny_t5_wtacrs_end_to_end(run_tiny) -> None:
@@ -307,6 +340,14 @@ def test_tiny_t5_wtacrs_end_to_end(run_tiny) -> None:
                            layers=2 * 3 + 2 * 4)
     assert report["kept_row_fraction"] <= 0.1 + 1e-9
     assert report["sampled_attention_products"] == 2 + 2 * 2  # encoder self, decoder self and cross attention
+    assert report["sampled_score_products"] == 2 + 2 * 2
+
+
+def test_pooled_attention_norms_run_end_to_end_with_one_table_per_operand(run_tiny) -> None:
+    report = _check_report(run_tiny("task=rte", "method=wtacrs", "method.attention_norms=pooled", "threads=1"),
+                           layers=2 * 3)
+    assert report["attention_norms"] == "pooled"
+    assert report["norm_cache"]["layers"] == 2 * 3 + 2 * 3  # 6 linears + (P·V, Q, K) per block, not per head
 
 
 def test_tiny_bert_lora_wtacrs_end_to_end(run_tiny) -> None:

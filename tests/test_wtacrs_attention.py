@@ -1,6 +1,7 @@
-"""WTA-CRS level 2's P·V product: the batched plan is unbiased, budget 1 is the exact product, the output and ∇P stay
-exact at any budget, only k rows of the attention map are saved, the per-head cache is written, and a tiny BERT and
-T5 keep their eager outputs when the attention function is swapped in."""
+"""WTA-CRS level 2's attention products. P·V: the batched plan is unbiased, budget 1 is the exact product, the output
+and ∇P stay exact at any budget, only k rows of the attention map are saved, the per-head cache is written. QKᵀ: the
+scores stay exact, ∇Q and ∇K are unbiased (budget 1: exact), only k rows of Q and of K are saved, both caches are
+written. A tiny BERT and T5 keep their eager outputs when the attention function is swapped in."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from ftlab.backbones import load_model
 from ftlab.methods.wtacrs import WTACRS
-from ftlab.methods.wtacrs_attention import ATTENTION_NAME, SAMPLER_ATTRIBUTE, PVSampler, _SampledPV, plan_groups
+from ftlab.methods.wtacrs_attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE, HeadRowSampler,
+                                           _SampledPV, _SampledQK, plan_groups)
 from ftlab.methods.wtacrs_cache import NormCache
 
 from conftest import compose_config
@@ -72,7 +74,7 @@ def test_budget_one_is_the_exact_product_and_any_budget_keeps_output_and_dP_exac
     out_ref, dp_ref, dv_ref = _exact(probs, value, grad)
     for budget, dv_exact in ((1.0, True), (0.25, False)):
         p, v = probs.detach().clone().requires_grad_(), value.detach().clone().requires_grad_()
-        out = _SampledPV.apply(p, v, PVSampler(budget, 1, 0.01, None, "a"), 0.0, torch.float64)
+        out = _SampledPV.apply(p, v, HeadRowSampler(budget, 1, 0.01, None, "a"), 0.0, torch.float64)
         out.backward(grad)
         torch.testing.assert_close(out, out_ref)
         torch.testing.assert_close(p.grad, dp_ref)
@@ -87,7 +89,7 @@ def test_sampled_value_gradient_is_unbiased() -> None:
     grads = []
     for _ in range(trials):
         v = value.detach().clone().requires_grad_()
-        _SampledPV.apply(probs.detach(), v, PVSampler(0.25, 1, 0.01, None, "a"), 0.0, torch.float64).backward(grad)
+        _SampledPV.apply(probs.detach(), v, HeadRowSampler(0.25, 1, 0.01, None, "a"), 0.0, torch.float64).backward(grad)
         grads.append(v.grad)
     stack = torch.stack(grads)
     stderr = stack.std(0) / trials**0.5
@@ -98,7 +100,7 @@ def test_fused_dropout_routes_dP_through_the_same_mask() -> None:
     probs, value, grad = _pv_inputs()
     torch.manual_seed(3)
     p, v = probs.detach().clone().requires_grad_(), value.detach().clone().requires_grad_()
-    out = _SampledPV.apply(p, v, PVSampler(1.0, 1, 0.01, None, "a"), 0.25, torch.float64)
+    out = _SampledPV.apply(p, v, HeadRowSampler(1.0, 1, 0.01, None, "a"), 0.25, torch.float64)
     out.backward(grad)
     torch.manual_seed(3)
     keep = (torch.rand(probs.shape) >= 0.25).double() / 0.75
@@ -112,7 +114,7 @@ def test_only_k_rows_of_the_attention_map_are_saved_and_the_cache_is_written_per
     probs, value, grad = _pv_inputs(b=2, h=3, n=20)
     cache = NormCache(max_positions=32, max_bytes=2**20)
     cache.begin_batch(torch.tensor([4, 1]))
-    sampler = PVSampler(0.3, 1, 0.01, cache, "attn")
+    sampler = HeadRowSampler(0.3, 1, 0.01, cache, "attn")
     shapes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
         out = _SampledPV.apply(probs, value, sampler, 0.0, torch.float64)
@@ -128,6 +130,84 @@ def test_only_k_rows_of_the_attention_map_are_saved_and_the_cache_is_written_per
     norms, known = sampler.lookup(cache.slots((2, 20)), 2, 3, 20)
     assert known.all() and norms.shape == (6, 20)
     torch.testing.assert_close(norms[3 + 2], expected[0, 2].float(), rtol=1e-2, atol=1e-3)  # example 4, head 2
+
+
+def _qk_inputs(seed: int = 0, b: int = 2, h: int = 3, n: int = 12, m: int = 10, d: int = 4):
+    """Q (b, h, n, d) and K (b, h, m, d) with n != m, so a transposed index shows up as a shape error or a wrong value."""
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(b, h, n, d, generator=g, dtype=torch.float64)
+    key = torch.randn(b, h, m, d, generator=g, dtype=torch.float64)
+    key[:, :, :2] *= 6.0  # a few dominant key rows, so the deterministic set is used
+    grad = torch.randn(b, h, n, m, generator=g, dtype=torch.float64)
+    return query, key, grad
+
+
+def _qk_samplers(budget: float, cache: NormCache | None = None) -> tuple[HeadRowSampler, HeadRowSampler]:
+    return HeadRowSampler(budget, 1, 0.01, cache, "attn", "qk.q"), HeadRowSampler(budget, 1, 0.01, cache, "attn", "qk.k")
+
+
+def _sampled_qk_grads(query, key, grad, budget: float, cache: NormCache | None = None):
+    q, k = query.clone().requires_grad_(), key.clone().requires_grad_()
+    scores = _SampledQK.apply(q, k, *_qk_samplers(budget, cache), torch.float64)
+    scores.backward(grad)
+    return scores.detach(), q.grad, k.grad
+
+
+def test_scores_stay_exact_and_budget_one_gives_the_exact_query_and_key_gradients() -> None:
+    query, key, grad = _qk_inputs()
+    q, k = query.clone().requires_grad_(), key.clone().requires_grad_()
+    (q @ k.transpose(-1, -2)).backward(grad)
+    for budget, grads_exact in ((1.0, True), (0.3, False)):
+        scores, dq, dk = _sampled_qk_grads(query, key, grad, budget)
+        torch.testing.assert_close(scores, query @ key.transpose(-1, -2))
+        assert torch.allclose(dq, q.grad) == grads_exact and torch.allclose(dk, k.grad) == grads_exact
+
+
+def test_sampled_query_and_key_gradients_are_unbiased() -> None:
+    torch.manual_seed(4)
+    query, key, grad = _qk_inputs(n=14, m=11)
+    exact_q, exact_k = grad @ key, grad.transpose(-1, -2) @ query  # ∇Q = ∇S K, ∇K = ∇Sᵀ Q
+    trials = 1500
+    dqs, dks = zip(*(_sampled_qk_grads(query, key, grad, 0.3)[1:] for _ in range(trials)))
+    for stack, exact in ((torch.stack(dqs), exact_q), (torch.stack(dks), exact_k)):
+        stderr = stack.std(0) / trials**0.5
+        assert ((stack.mean(0) - exact).abs() <= 4 * stderr + 1e-9).all()
+        assert (stack.std(0) > 0).any()  # really sampled
+
+
+def test_only_k_rows_of_query_and_key_are_saved_and_both_caches_are_written() -> None:
+    query, key, grad = _qk_inputs(b=2, h=3, n=20, m=20)
+    cache = NormCache(max_positions=32, max_bytes=2**20)
+    cache.begin_batch(torch.tensor([4, 1]))
+    q_sampler, k_sampler = _qk_samplers(0.3, cache)
+    q, k = query.clone().requires_grad_(), key.clone().requires_grad_()
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        scores = _SampledQK.apply(q, k, q_sampler, k_sampler, torch.float64)
+    assert shapes.count((2 * 3, 6, 4)) == 2 and (2, 3, 20, 4) not in shapes  # k = 6 of 20 rows of Q and of K
+    scores.backward(grad)
+    assert len(q_sampler.keys) == len(k_sampler.keys) == 3 and not set(q_sampler.keys) & set(k_sampler.keys)
+    by_query, by_key = grad.norm(dim=-1), grad.norm(dim=-2)  # ‖∇S_i,:‖ (b, h, n) and ‖∇S_:,j‖ (b, h, m)
+    for sampler, expected in ((q_sampler, by_query), (k_sampler, by_key)):
+        for h, name in enumerate(sampler.keys):
+            table = cache.tables[name].float()
+            torch.testing.assert_close(table[4, :20], expected[0, h].float(), rtol=1e-2, atol=1e-3)
+            torch.testing.assert_close(table[1, :20], expected[1, h].float(), rtol=1e-2, atol=1e-3)
+
+
+def test_pooled_norms_keep_one_table_with_the_norm_over_heads_and_give_it_to_every_head() -> None:
+    probs, value, grad = _pv_inputs(b=2, h=3, n=20)
+    cache = NormCache(max_positions=32, max_bytes=2**20)
+    cache.begin_batch(torch.tensor([4, 1]))
+    sampler = HeadRowSampler(0.3, 1, 0.01, cache, "attn", "pv", pooled=True)
+    _SampledPV.apply(probs, value, sampler, 0.0, torch.float64).backward(grad)
+    assert sampler.keys == ["attn.pv"] and list(cache.tables) == ["attn.pv"]
+    over_heads = grad.norm(dim=-1).norm(dim=1)  # (b, n): ‖∇O_i‖ of the heads' concatenated rows
+    torch.testing.assert_close(cache.tables["attn.pv"][4, :20].float(), over_heads[0].float(), rtol=1e-2, atol=1e-3)
+    norms, known = sampler.lookup(cache.slots((2, 20)), 2, 3, 20)
+    assert norms.shape == (6, 20) and known.all()
+    for head in range(3):
+        torch.testing.assert_close(norms[head], norms[0])  # example 4's row, shared by its heads
 
 
 @pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5"])
@@ -162,6 +242,9 @@ def test_model_outputs_and_exact_parts_are_unchanged_by_the_attention_function(b
     for (name, p_ref), (_, p) in zip(reference.named_parameters(), model.named_parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=name)
     assert all(s.stats["forwards"] > 0 for s in method.attention_samplers.values())
+    assert method.score_samplers and all(
+        getattr(model.get_submodule(n), SCORE_SAMPLERS_ATTRIBUTE) is pair for n, pair in method.score_samplers.items())
+    assert all(s.stats["forwards"] > 0 for pair in method.score_samplers.values() for s in pair)
     reference.eval(), model.eval()
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits,
                                reference(input_ids=ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5)

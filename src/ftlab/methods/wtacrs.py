@@ -3,12 +3,15 @@
 `method=wtacrs` swaps the block linears of `roles` for `WTACRSLinear` (exact forward and input gradient; the weight
 gradient from k = clamp(int(budget · N), min_k, N) of the N token rows, chosen by winner-take-all column-row sampling),
 so only k rows of each such layer's input are kept for backward. Default roles = the paper's "level 2" linears:
-attention output, FFN in and FFN out. Q, K and V stay exact: they read one shared input tensor, which stays saved as
-long as any of the three (or the attention matmuls that reuse their outputs) keeps it, so sampling them saves almost
-nothing while adding variance (METHODS.md §4.5). The paper's level 2 also samples the attention matmuls: with
-`sample_attention` (default on) the product P·V gets a WTA-CRS gradient for V over query rows per (example, head)
-(`wtacrs_attention`), so only k rows of the dropped-out attention map are saved; QKᵀ stays exact (its operands Q and K
-are small). The model then runs ftlab's eager attention function, registered with transformers (also on GPU, where
+attention output, FFN in and FFN out. Q, K and V stay exact, as in the paper: in full precision they read one shared
+input tensor, which stays saved as long as any of the three keeps it, so sampling them saves almost nothing while
+adding variance (METHODS.md §4.5). (Under autocast each of the three keeps its own low-precision cast of that input —
+54 of MiniLM's 529 MiB at batch 32, benchmarks/wtacrs_memory.py — so there `roles=[q,k,v,attn_out,ffn1,ffn2]` would
+save memory; the default stays the paper's.) The paper's level 2 also samples both attention matmuls
+(`wtacrs_attention`): with `sample_attention` the product P·V gets a WTA-CRS gradient for V over query rows per
+(example, head), so only k rows of the dropped-out attention map are saved; with `sample_scores` QKᵀ gets WTA-CRS
+gradients for Q (from k key rows) and K (from k query rows), so only k rows of each are saved. Both default on, as in
+the paper. The model then runs ftlab's eager attention function, registered with transformers (also on GPU, where
 it replaces SDPA: flash kernels save no attention map at all, but their backward is not WTA-CRS).
 
 `method=lora_wtacrs`: LoRA (r = 32, α = 32, dropout 0.1) on q, k, v, built from `ftlab.methods.lora.LoRALayer`, with the
@@ -36,12 +39,14 @@ from ..backbones import ROLES, block_linears
 from ..errors import ConfigError
 from .base import Method
 from .lora import LoRALayer, freeze_for_adapters
-from .wtacrs_attention import ATTENTION_NAME, SAMPLER_ATTRIBUTE, PVSampler, install_attention_function
+from .wtacrs_attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE, HeadRowSampler,
+                               install_attention_function)
 from .wtacrs_cache import NormCache
 from .wtacrs_memory import SavedTensorMeter, SavedTensors
 from .wtacrs_ops import RowSampler, WTACRSLinear, check_budget, sampled_linear
 
 DEFAULT_ROLES = ("attn_out", "ffn1", "ffn2")
+ATTENTION_NORMS = ("per_head", "pooled")
 
 
 def check_roles(roles: Sequence[str] | str, method: str) -> list[str]:
@@ -51,6 +56,14 @@ def check_roles(roles: Sequence[str] | str, method: str) -> list[str]:
         problem = f"unknown role(s) {unknown}" if unknown else "no roles given"
         raise ConfigError(f"{method}: {problem}; valid roles are {list(ROLES)}, e.g. method.roles=[attn_out,ffn1,ffn2]")
     return roles
+
+
+def _kept_fraction(samplers: Any) -> float | None:
+    """Share of the attention operands' rows kept over all forwards of these samplers (None: none ran)."""
+    rows = kept = 0
+    for s in samplers:
+        rows, kept = rows + s.stats["rows"], kept + s.stats["kept"]
+    return kept / rows if rows else None
 
 
 class SampledDownLoRALayer(LoRALayer):
@@ -76,10 +89,16 @@ class _WTACRSMethod(Method):
     """Shared by both variants: the cache, the batch indices, the saved-tensor measurement, timing and the report."""
 
     def __init__(self, budget: float, min_k: int, floor: float, max_positions: int, max_cache_mb: float,
-                 sample_attention: bool = True):
+                 sample_attention: bool = True, sample_scores: bool = True, attention_norms: str = "per_head"):
         self.budget = check_budget(budget)
-        self.sample_attention = bool(sample_attention)
-        self.attention_samplers: dict[str, PVSampler] = {}
+        if attention_norms not in ATTENTION_NORMS:
+            raise ConfigError(f"{self.name}: attention_norms={attention_norms!r} is not one of {list(ATTENTION_NORMS)}: "
+                              f"per_head caches one gradient norm per head (the official code), pooled one per token "
+                              f"for all heads (1/heads of the attention cache)")
+        self.attention_norms = attention_norms
+        self.sample_attention, self.sample_scores = bool(sample_attention), bool(sample_scores)
+        self.attention_samplers: dict[str, HeadRowSampler] = {}   # P·V, per attention module
+        self.score_samplers: dict[str, tuple[HeadRowSampler, HeadRowSampler]] = {}  # QKᵀ (query rows, key rows)
         if not isinstance(min_k, int) or min_k < 1:
             raise ConfigError(f"{self.name}: min_k={min_k!r} must be a positive integer (the paper's minimal_k is 10)")
         if not 0.0 <= floor < 1.0:
@@ -100,19 +119,25 @@ class _WTACRSMethod(Method):
         return self.samplers[name]
 
     def _sample_attention(self, model: nn.Module, backbone: DictConfig) -> None:
-        """Give every attention module (the parent of a q projection) a P·V sampler and switch the model to ftlab's
-        attention function."""
-        if not self.sample_attention:
+        """Give every attention module (the parent of a q projection) its P·V and/or QKᵀ samplers and switch the model
+        to ftlab's attention function."""
+        if not (self.sample_attention or self.sample_scores):
             return
         modules = {name.rsplit(".", 1)[0] for name in block_linears(model, backbone, ["q"])}
         if not modules:
-            raise ConfigError(f"{self.name}: sample_attention needs the backbone's q projections (block_linears role "
-                              f"'q'); none found in {backbone.name}; set method.sample_attention=false")
+            raise ConfigError(f"{self.name}: sample_attention/sample_scores need the backbone's q projections "
+                              f"(block_linears role 'q'); none found in {backbone.name}; set "
+                              f"method.sample_attention=false method.sample_scores=false")
         install_attention_function()
         for name in sorted(modules):
-            sampler = PVSampler(self.budget, self.min_k, self.floor, self.cache, name)
-            setattr(model.get_submodule(name), SAMPLER_ATTRIBUTE, sampler)
-            self.attention_samplers[name] = sampler
+            pooled = self.attention_norms == "pooled"
+            sampler = lambda tag: HeadRowSampler(self.budget, self.min_k, self.floor, self.cache, name, tag, pooled)  # noqa: E731
+            if self.sample_attention:
+                self.attention_samplers[name] = sampler("pv")
+                setattr(model.get_submodule(name), SAMPLER_ATTRIBUTE, self.attention_samplers[name])
+            if self.sample_scores:
+                self.score_samplers[name] = (sampler("qk.q"), sampler("qk.k"))
+                setattr(model.get_submodule(name), SCORE_SAMPLERS_ATTRIBUTE, self.score_samplers[name])
         model.set_attn_implementation(ATTENTION_NAME)
 
     def _instrument(self, model: nn.Module) -> None:
@@ -131,6 +156,14 @@ class _WTACRSMethod(Method):
             self.saved, self._meter, self.measure_first_forward = self._meter.result, None, False
 
     # -- hooks ----------------------------------------------------------------------------------------------------
+    def on_fit_start(self, module: Any) -> None:
+        """Size the ‖∇Z‖ cache for the whole training set now, so an over-budget cache fails on the first step."""
+        datamodule = getattr(getattr(module, "trainer", None), "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "load_split"):
+            train = datamodule.load_split("train")
+            ids = train["idx"] if "idx" in getattr(train, "column_names", ()) else None
+            self.cache.expect(max(ids) + 1 if ids else len(train))  # idx = row of the full split, also for subsets
+
     def on_train_batch_start(self, module: Any, batch: dict[str, torch.Tensor]) -> None:
         if "idx" not in batch:
             raise ConfigError(
@@ -153,11 +186,15 @@ class _WTACRSMethod(Method):
     def report(self, module: Any) -> dict[str, Any]:
         stats = {k: sum(s.stats[k] for s in self.samplers.values()) for k in ("forwards", "rows", "kept", "deterministic", "draws")}
         timed = self.step_seconds[1:] or self.step_seconds  # the first step pays one-off allocations
-        pv = {k: sum(s.stats[k] for s in self.attention_samplers.values()) for k in ("forwards", "rows", "kept", "deterministic")}
+        pv = _kept_fraction(self.attention_samplers.values())
+        qk = _kept_fraction(s for pair in self.score_samplers.values() for s in pair)
         out: dict[str, Any] = {
             "budget": self.budget, "min_k": self.min_k, "floor": self.floor, "sampled_layers": len(self.samplers),
             "sample_attention": self.sample_attention, "sampled_attention_products": len(self.attention_samplers),
-            "attention_kept_row_fraction": pv["kept"] / pv["rows"] if pv["rows"] else None,
+            "attention_kept_row_fraction": pv,
+            "sample_scores": self.sample_scores, "sampled_score_products": len(self.score_samplers),
+            "attention_norms": self.attention_norms,
+            "score_kept_row_fraction": qk,
             "kept_row_fraction": stats["kept"] / stats["rows"] if stats["rows"] else None,
             "deterministic_share_of_kept": stats["deterministic"] / stats["kept"] if stats["kept"] else None,
             "step_seconds_mean": statistics.fmean(timed) if timed else None,
@@ -191,8 +228,11 @@ class WTACRS(_WTACRSMethod):
         max_positions: int = 128,
         max_cache_mb: float = 4096,
         sample_attention: bool = True,
+        sample_scores: bool = True,
+        attention_norms: str = "per_head",
     ):
-        super().__init__(budget, min_k, floor, max_positions, max_cache_mb, sample_attention)
+        super().__init__(budget, min_k, floor, max_positions, max_cache_mb, sample_attention, sample_scores,
+                         attention_norms)
         self.roles = check_roles(roles, self.name)
 
     def setup(self, model: nn.Module, backbone: DictConfig) -> None:
@@ -227,8 +267,11 @@ class LoRAWTACRS(_WTACRSMethod):
         max_positions: int = 128,
         max_cache_mb: float = 4096,
         sample_attention: bool = True,
+        sample_scores: bool = True,
+        attention_norms: str = "per_head",
     ):
-        super().__init__(budget, min_k, floor, max_positions, max_cache_mb, sample_attention)
+        super().__init__(budget, min_k, floor, max_positions, max_cache_mb, sample_attention, sample_scores,
+                         attention_norms)
         if not isinstance(r, int) or r < 1:
             raise ConfigError(f"lora_wtacrs: rank r={r!r} must be a positive integer (the paper uses 32)")
         if not 0.0 <= dropout < 1.0:

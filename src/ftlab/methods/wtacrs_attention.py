@@ -1,5 +1,6 @@
-"""The attention product P·V of WTA-CRS level 2 (seed001; METHODS.md §4 "attout_sampling"): exact output and ∇P, the
-gradient of V estimated from k of the n query rows of each (example, head).
+"""The attention products of WTA-CRS level 2 (seed001; METHODS.md §4 "attout_sampling" and "score_sampling"): exact
+outputs, and the gradients of the operands that are *saved* for backward estimated from k sampled rows of each
+(example, head), so only those k rows are kept.
 
     O = P̃ V,  P̃ = dropout(softmax(S)):   ∇P̃ = ∇O Vᵀ (exact),   ∇V = Σ_i P̃_iᵀ ∇O_i  (sum over the n query rows)
 
@@ -15,10 +16,18 @@ backward from the softmax output P, which softmax's backward keeps anyway, and t
 would save no more than the sampled one. The paper's scheme saves the sampled rows of P̃, and that is what this
 implements; the exact variant is not WTA-CRS and is not offered here.
 
+The scores S = Q Kᵀ (`_SampledQK`, "score_sampling") are two more column-row products per (example, head):
+
+    ∇Q = Σ_j ∇S_{:,j} K_j  (over the m key rows),     ∇K = Σ_i ∇S_{i,:}ᵀ Q_i  (over the n query rows)
+
+so ∇Q is estimated from k sampled rows of K (p_j ∝ ‖K_j‖·‖∇S_{:,j}‖, cached per key position) and ∇K from k sampled
+rows of Q (p_i ∝ ‖Q_i‖·‖∇S_{i,:}‖, cached per query position): k rows of Q and of K are saved instead of all of both.
+Unlike V's gradient, ∇Q and ∇K flow on into the layers below (through the Q and K projections), so this adds
+variance to every gradient under it; it is the paper's level 2, and `method.sample_scores=false` keeps QKᵀ exact.
+
 Fixed k per (example, head) so every tensor stays rectangular: slot j < |C_g| holds the j-th most probable row
 (weight 1), the other k − |C_g| slots hold draws with replacement from the rest (weight (1 − Σ_C p)/((k − |C_g|) p)),
-duplicates not merged. QKᵀ stays exact: its operands Q and K are each the size of one linear's input per head, small
-against the n × n maps.
+duplicates not merged.
 
 Plugged in through Hugging Face's attention interface (`ATTENTION_NAME`), which BERT, RoBERTa, DistilBERT and T5 call
 with their attention module; a module without a sampler, in eval mode or under no_grad runs plain eager attention.
@@ -35,7 +44,8 @@ from .wtacrs_cache import NormCache
 from .wtacrs_sampling import budget_rows, deterministic_counts, row_norms, row_probabilities
 
 ATTENTION_NAME = "ftlab_wtacrs"
-SAMPLER_ATTRIBUTE = "wtacrs_pv_sampler"
+SAMPLER_ATTRIBUTE = "wtacrs_pv_sampler"               # a HeadRowSampler: P·V sampled
+SCORE_SAMPLERS_ATTRIBUTE = "wtacrs_qk_samplers"      # (query, key) HeadRowSamplers: QKᵀ sampled
 
 
 def plan_groups(p: torch.Tensor, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,45 +74,87 @@ def plan_groups(p: torch.Tensor, k: int, generator: torch.Generator | None = Non
     return rows, weights, c
 
 
-class PVSampler:
-    """One attention module's settings, its cache keys (one table per head, made on the first forward) and counts."""
+class HeadRowSampler:
+    """One sampled operand of one attention module: its settings, its cache keys (made on the first forward) and
+    counts. `tag` names the operand: "pv" (P̃'s query rows), "qk.q" (Q's rows), "qk.k" (K's rows).
 
-    def __init__(self, budget: float, min_k: int, floor: float, cache: NormCache | None, name: str):
-        self.budget, self.min_k, self.floor, self.cache, self.name = budget, min_k, floor, cache, name
+    The cached gradient norms are per head (one table per head, as the official code), or with `pooled` one table for
+    all heads holding the norm over the heads' concatenated gradient row (1/heads of the cache; every head then samples
+    with its own ‖operand row‖ times that shared factor — still unbiased, a little more variance).
+    """
+
+    def __init__(self, budget: float, min_k: int, floor: float, cache: NormCache | None, name: str, tag: str = "pv",
+                 pooled: bool = False):
+        self.budget, self.min_k, self.floor, self.cache, self.name, self.tag = budget, min_k, floor, cache, name, tag
+        self.pooled = bool(pooled)
         self.keys: list[str] = []
         self.stats = {"forwards": 0, "rows": 0, "kept": 0, "deterministic": 0}
 
-    def slots(self, batch: int, heads: int, queries: int) -> torch.Tensor | None:
+    def slots(self, batch: int, heads: int, positions: int) -> torch.Tensor | None:
         if self.cache is None:
             return None
         if not self.keys:
-            self.keys = [f"{self.name}.pv.h{h}" for h in range(heads)]
+            self.keys = [f"{self.name}.{self.tag}"] if self.pooled else [f"{self.name}.{self.tag}.h{h}" for h in range(heads)]
             for key in self.keys:
                 self.cache.register(key)
-        return self.cache.slots((batch, queries))
+        return self.cache.slots((batch, positions))
 
-    def lookup(self, slots: torch.Tensor, batch: int, heads: int, queries: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached ‖∇O‖ and known flags as (batch · heads, queries), the group order of the attention maps."""
+    def lookup(self, slots: torch.Tensor, batch: int, heads: int, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached gradient norms and known flags as (batch · heads, positions), the group order of the operands."""
         norms, known = zip(*(self.cache.lookup(key, slots) for key in self.keys))
 
-        def as_groups(per_head: tuple[torch.Tensor, ...]) -> torch.Tensor:  # H x (B·n,) -> (B·H, n)
-            return torch.stack(per_head, 1).view(batch, queries, heads).transpose(1, 2).reshape(batch * heads, queries)
+        def as_groups(per_key: tuple[torch.Tensor, ...]) -> torch.Tensor:  # keys x (B·n,) -> (B·H, n)
+            stacked = torch.stack(per_key, 1).view(batch, positions, len(per_key)).expand(-1, -1, heads)
+            return stacked.transpose(1, 2).reshape(batch * heads, positions)
 
         return as_groups(norms), as_groups(known)
 
     def record(self, slots: torch.Tensor, grad_norms: torch.Tensor) -> None:
-        """grad_norms: (batch, heads, queries) ‖∇O_i‖ of this backward."""
+        """grad_norms: (batch, heads, positions) norms of this backward's gradient rows paired with the operand's rows."""
+        if self.pooled:
+            grad_norms = torch.linalg.vector_norm(grad_norms, dim=1, keepdim=True)  # ‖all heads' row‖
         for h, key in enumerate(self.keys):
             self.cache.write(key, slots, grad_norms[:, h].reshape(-1))
+
+    def keep_rows(self, operand: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(kept rows (B·H, k, d), rows, weights, cache slots) of an operand (B, H, n, d); rows/weights are None when
+        the budget covers all n rows (kept = every row, exact)."""
+        b, h, n, d = operand.shape
+        groups = operand.reshape(b * h, n, d)
+        k = budget_rows(self.budget, n, self.min_k)
+        self.stats["forwards"] += 1
+        self.stats["rows"] += b * h * n
+        slots = self.slots(b, h, n)
+        if k >= n:
+            self.stats["kept"] += b * h * n
+            return groups, None, None, slots
+        cached = known = None
+        if slots is not None:
+            cached, known = self.lookup(slots, b, h, n)
+        p = row_probabilities(row_norms(groups), cached, known, self.floor)
+        rows, weights, c = plan_groups(p, k)
+        self.stats["kept"] += b * h * k
+        self.stats["deterministic"] += int(c.clamp_max(k).sum())
+        return groups.gather(1, rows[..., None].expand(-1, -1, d)), rows, weights, slots
+
+
+def sampled_product(kept: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor | None,
+                    weights: torch.Tensor | None) -> torch.Tensor:
+    """Σ_i keptᵢᵀ gradᵢ over the contracted rows, per group: keptᵀ @ grad (G, d, e) from the k kept rows of the operand
+    (G, k, d) and the matching, re-weighted rows of the gradient (G, n, e); rows None = all rows, exact."""
+    if rows is not None:
+        wide = torch.promote_types(grad.dtype, torch.float32)  # weight the rows before rounding to bf16
+        picked = grad.gather(1, rows[..., None].expand(-1, -1, grad.shape[-1]))
+        grad = (picked.to(wide) * weights[..., None]).to(kept.dtype)
+    return kept.transpose(1, 2) @ grad.to(kept.dtype)
 
 
 class _SampledPV(torch.autograd.Function):
     """O = dropout(P) V with ∇V from k sampled query rows per (example, head); P and V: (B, H, n, m), (B, H, m, d)."""
 
     @staticmethod
-    def forward(ctx: Any, probs: torch.Tensor, value: torch.Tensor, sampler: PVSampler, dropout: float,
+    def forward(ctx: Any, probs: torch.Tensor, value: torch.Tensor, sampler: HeadRowSampler, dropout: float,
                 dtype: torch.dtype) -> torch.Tensor:
-        b, h, n, m = probs.shape
         keep = None
         dropped = probs
         if dropout > 0.0:
@@ -110,28 +162,11 @@ class _SampledPV(torch.autograd.Function):
             dropped = probs * keep.to(probs.dtype) / (1.0 - dropout)
         dropped = dropped.to(dtype)
         out = dropped @ value.to(dtype)  # V is saved as it came (bf16 under autocast) and re-cast in backward
-        ctx.dropout, ctx.sampler, ctx.shape = dropout, sampler, (b, h, n, m)
+        ctx.dropout, ctx.sampler, ctx.shape = dropout, sampler, probs.shape
         ctx.probs_dtype, ctx.value_dtype = probs.dtype, value.dtype
         kept = rows = weights = slots = None
         if ctx.needs_input_grad[1]:
-            k = budget_rows(sampler.budget, n, sampler.min_k)
-            groups = dropped.reshape(b * h, n, m)
-            sampler.stats["forwards"] += 1
-            sampler.stats["rows"] += b * h * n
-            slots = sampler.slots(b, h, n)
-            if k >= n:
-                kept = groups
-                sampler.stats["kept"] += b * h * n
-            else:
-                cached = known = None
-                if slots is not None:
-                    cached, known = sampler.lookup(slots, b, h, n)
-                norms = row_norms(groups)
-                p = row_probabilities(norms, cached, known, sampler.floor)
-                rows, weights, c = plan_groups(p, k)
-                kept = groups.gather(1, rows[..., None].expand(-1, -1, m))
-                sampler.stats["kept"] += b * h * k
-                sampler.stats["deterministic"] += int(c.clamp_max(k).sum())
+            kept, rows, weights, slots = sampler.keep_rows(dropped)
         ctx.save_for_backward(value if ctx.needs_input_grad[0] else None, keep, kept, rows, weights, slots)
         return out
 
@@ -146,24 +181,74 @@ class _SampledPV(torch.autograd.Function):
                 grad_probs = grad_probs * keep.to(grad_probs.dtype) / (1.0 - ctx.dropout)
             grad_probs = grad_probs.to(ctx.probs_dtype)
         if kept is not None:
-            g = grad_out.reshape(b * h, n, -1)
-            if rows is not None:
-                wide = torch.promote_types(g.dtype, torch.float32)  # weight the rows before rounding to bf16
-                g = (g.gather(1, rows[..., None].expand(-1, -1, g.shape[-1])).to(wide) * weights[..., None]).to(kept.dtype)
-            grad_value = (kept.transpose(1, 2) @ g.to(kept.dtype)).view(b, h, m, -1).to(ctx.value_dtype)
+            grad_value = sampled_product(kept, grad_out.reshape(b * h, n, -1), rows, weights)
+            grad_value = grad_value.view(b, h, m, -1).to(ctx.value_dtype)
             if slots is not None:
-                norms = row_norms(grad_out)  # (B, H, n)
-                ctx.sampler.record(slots, norms)
+                ctx.sampler.record(slots, row_norms(grad_out))  # ‖∇O_i‖, (B, H, n)
         return grad_probs, grad_value, None, None, None
+
+
+class _SampledQK(torch.autograd.Function):
+    """S = Q Kᵀ with ∇Q from k sampled key rows and ∇K from k sampled query rows per (example, head);
+    Q and K: (B, H, n, d), (B, H, m, d). Only the kept rows of K (for ∇Q) and of Q (for ∇K) are saved."""
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, query_sampler: HeadRowSampler,
+                key_sampler: HeadRowSampler, dtype: torch.dtype) -> torch.Tensor:
+        q, k = query.to(dtype), key.to(dtype)
+        scores = q @ k.transpose(-1, -2)
+        ctx.q_sampler, ctx.k_sampler = query_sampler, key_sampler
+        ctx.shapes, ctx.dtypes = (query.shape, key.shape), (query.dtype, key.dtype)
+        for_q = key_sampler.keep_rows(k) if ctx.needs_input_grad[0] else (None,) * 4     # K's rows give ∇Q
+        for_k = query_sampler.keep_rows(q) if ctx.needs_input_grad[1] else (None,) * 4   # Q's rows give ∇K
+        ctx.save_for_backward(*for_q, *for_k)
+        return scores
+
+    @staticmethod
+    def backward(ctx: Any, grad_scores: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        k_kept, k_rows, k_weights, k_slots, q_kept, q_rows, q_weights, q_slots = ctx.saved_tensors
+        (b, h, n, _), (_, _, m, _) = ctx.shapes
+        g = grad_scores.reshape(b * h, n, m)
+        grad_query = grad_key = None
+        if k_kept is not None:  # ∇Qᵀ = Σ_j K_jᵀ ∇S_{:,j}
+            grad_query = sampled_product(k_kept, g.transpose(1, 2), k_rows, k_weights).transpose(1, 2)
+            grad_query = grad_query.reshape(b, h, n, -1).to(ctx.dtypes[0])
+            if k_slots is not None:
+                ctx.k_sampler.record(k_slots, row_norms(grad_scores.transpose(-1, -2)))  # ‖∇S_{:,j}‖, (B, H, m)
+        if q_kept is not None:  # ∇Kᵀ = Σ_i Q_iᵀ ∇S_{i,:}
+            grad_key = sampled_product(q_kept, g, q_rows, q_weights).transpose(1, 2).reshape(b, h, m, -1)
+            grad_key = grad_key.to(ctx.dtypes[1])
+            if q_slots is not None:
+                ctx.q_sampler.record(q_slots, row_norms(grad_scores))  # ‖∇S_{i,:}‖, (B, H, n)
+        return grad_query, grad_key, None, None, None
+
+
+def compute_dtype(*operands: torch.Tensor) -> torch.dtype:
+    """The dtype a stock matmul of these operands computes in: autocast's where it is on, else their promoted dtype."""
+    device = operands[0].device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    dtype = operands[0].dtype
+    for t in operands[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                       position_bias: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Hugging Face's eager attention (BERT's; T5's with `position_bias`), with P·V sampled where the module has a
-    sampler and trains with gradients on."""
+    """Hugging Face's eager attention (BERT's; T5's with `position_bias`), with QKᵀ and/or P·V sampled where the module
+    has samplers and trains with gradients on."""
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    training = module.training and torch.is_grad_enabled()
+    score_samplers = getattr(module, SCORE_SAMPLERS_ATTRIBUTE, None) if training else None
+    if score_samplers is None:
+        scores = torch.matmul(query, key.transpose(2, 3))
+    else:
+        dtype = compute_dtype(query, key)
+        with torch.autocast(query.device.type, enabled=False):
+            scores = _SampledQK.apply(query, key, *score_samplers, dtype)
+    scores = scores * scaling
     if position_bias is not None:
         scores = scores + position_bias
     if attention_mask is not None:
@@ -173,8 +258,8 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     # for like (transformers passes no mask at all here when nothing is padded)
     model_dtype = next(module.parameters()).dtype
     probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, model_dtype))
-    sampler = getattr(module, SAMPLER_ATTRIBUTE, None)
-    if sampler is None or not (module.training and torch.is_grad_enabled()):
+    sampler = getattr(module, SAMPLER_ATTRIBUTE, None) if training else None
+    if sampler is None:
         probs = F.dropout(probs, p=dropout, training=module.training)
         return torch.matmul(probs, value.to(probs.dtype)).transpose(1, 2).contiguous(), probs
     dtype = torch.promote_types(probs.dtype, value.dtype)

@@ -16,12 +16,21 @@ batch reads padding slots never written, i.e. 0, which is right for encoder padd
 would break the keying (positions shift with the batch length): it is detected and reported once, and sampling stays
 unbiased.
 
-Bounds — per replaced layer, one bf16 table of (examples seen so far) × `max_positions`, grown on demand, plus one
-"seen" flag per example: bytes = layers × examples × (2·max_positions + 1). BERT-base level 2 (36 linears) at 128
-positions: 9.2 kB per example, 23 MB for RTE (2.5k), 3.6 GB for MNLI (393k); per-example norms would be 72 B per example
-(28 MB for MNLI). The official per-token cache also holds the attention-matmul norms: ≈157 kB per example, 62 GB for
-MNLI. `max_bytes` caps the growth with an error that says what to change. The cache lives on the method instance in CPU
-memory: it is not a buffer, so it is not in checkpoints (a resumed run restarts from p ∝ ‖X‖ for one epoch).
+Bounds — per cache table, one bf16 row of `max_positions` norms per example seen, grown on demand, plus one "seen"
+flag per example: bytes = tables × examples × (2·max_positions + 1). Tables: one per replaced linear, and for the
+attention products one per head and operand (P·V: 1, QKᵀ: 2), or one per operand with `attention_norms=pooled`.
+At 128 positions (257 B per table and example):
+
+| model, level 2 | tables per-head (pooled) | per example | RTE (2.5k) | MNLI (393k), per-head (pooled) |
+|---|---|---|---|---|
+| MiniLM-L6 (6 layers, 12 heads) | 18 + 216 (18 + 18) | 60 kB (9.3 kB) | 150 MB (23 MB) | — |
+| BERT-base (12 layers, 12 heads) | 36 + 432 (36 + 36) | 120 kB (18.5 kB) | 300 MB (46 MB) | 47 GB (7.3 GB) |
+
+(the official code's per-token cache, METHODS.md §4.3: ≈157 kB per example, 62 GB for MNLI). `max_bytes` caps the
+size, and the cap is checked up front: the method tells the cache the training set's size (`expect`) before the
+first step, so the first forward allocates every table at that size or fails with an error that says what to change,
+instead of failing mid-epoch. The cache lives on the method instance in CPU memory: it is not a buffer, so it is not
+in checkpoints (a resumed run restarts from p ∝ ‖X‖ for one epoch).
 """
 from __future__ import annotations
 
@@ -43,6 +52,7 @@ class NormCache:
         self.max_positions, self.max_bytes, self.dtype = int(max_positions), int(max_bytes), dtype
         self.tables: dict[str, torch.Tensor] = {}
         self.seen: dict[str, torch.Tensor] = {}
+        self.expected_examples = 0   # the training set's size when known: tables are allocated at it at once
         self.idx: torch.Tensor | None = None
         self._slots: dict[tuple[int, int], torch.Tensor] = {}
         self._warned_left_padding = False
@@ -87,23 +97,38 @@ class NormCache:
         return self._slots[key]
 
     # -- the tables -----------------------------------------------------------------------------------------------
-    def register(self, layer: str) -> None:
-        rows = next(iter(self.tables.values())).shape[0] if self.tables else 0
-        self.tables.setdefault(layer, torch.zeros(rows, self.max_positions, dtype=self.dtype))
-        self.seen.setdefault(layer, torch.zeros(rows, dtype=torch.bool))
+    def expect(self, examples: int) -> None:
+        """Allocate for `examples` training examples from the start (the first forward then fails, not a later one)."""
+        self.expected_examples = int(examples)
 
-    def _grow(self, examples: int) -> None:
-        have = next(iter(self.tables.values())).shape[0] if self.tables else 0
-        if examples <= have:
+    def register(self, layer: str) -> None:
+        if layer in self.tables:
             return
-        target = max(examples, int(have * 1.5))  # amortised growth
-        need = len(self.tables) * target * (self.max_positions * torch.finfo(self.dtype).bits // 8 + 1)
+        rows = self._rows()
+        self._check(len(self.tables) + 1, rows)
+        self.tables[layer] = torch.zeros(rows, self.max_positions, dtype=self.dtype)
+        self.seen[layer] = torch.zeros(rows, dtype=torch.bool)
+
+    def _rows(self) -> int:
+        return next(iter(self.tables.values())).shape[0] if self.tables else 0
+
+    def _check(self, tables: int, examples: int) -> None:
+        need = tables * examples * (self.max_positions * torch.finfo(self.dtype).bits // 8 + 1)
         if need > self.max_bytes:
             raise ConfigError(
-                f"WTA-CRS cache would need {need / 2**20:.0f} MiB for {target} examples x {len(self.tables)} layers x "
+                f"WTA-CRS cache would need {need / 2**20:.0f} MiB for {examples} examples x {tables} tables x "
                 f"{self.max_positions} positions, over method.max_cache_mb={self.max_bytes / 2**20:.0f}; raise "
-                f"method.max_cache_mb, lower data.max_length/method.max_positions, or replace fewer roles"
+                f"method.max_cache_mb, set method.attention_norms=pooled (one table per attention operand, not per "
+                f"head), lower data.max_length/method.max_positions, or sample fewer products (method.roles, "
+                f"method.sample_scores=false, method.sample_attention=false)"
             )
+
+    def _grow(self, examples: int) -> None:
+        have = self._rows()
+        if examples <= have:
+            return
+        target = max(examples, int(have * 1.5), self.expected_examples)  # amortised growth
+        self._check(len(self.tables), target)
         for layer, table in self.tables.items():
             grown = torch.zeros(target, self.max_positions, dtype=self.dtype)
             grown[: table.shape[0]] = table
