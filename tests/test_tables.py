@@ -80,3 +80,25 @@ def test_records_from_reuses_another_experiments_runs_and_says_so() -> None:
     markdown, _ = build_table(experiment, [dense, other])
     assert "| FT | ours (n≤1) | 60.00 (n=1) |" in markdown  # the unrelated experiment's run is not counted
     assert "`dense` (results/records/dense/)" in markdown
+
+
+def test_difference_rows_state_how_far_a_row_lands_from_its_baseline() -> None:
+    from omegaconf import OmegaConf
+
+    from ftlab.tables import build_table
+
+    recs = [fake_record("rte", "finetune", 1, 60.0, [1]), fake_record("rte", "finetune", 2, 64.0, [1]),
+            fake_record("rte", "nxm", 1, 58.5, [1]), fake_record("mrpc", "finetune", 1, 80.0, [1], metric="f1")]
+    for r in recs:
+        r["experiment"] = "mine"
+    spec = {"experiment_name": "mine", "table": {
+        "name": "t", "title": "T", "ours": "o", "rule": "mean_std",
+        "rows": [{"label": "FT", "method": "finetune"}, {"label": "NxM", "method": "nxm"}],
+        "columns": [{"task": "rte", "metric": "accuracy"}, {"task": "mrpc", "metric": "f1"}],
+        "differences": [{"label": "NxM − FT", "row": "NxM", "minus": "FT"}]}}
+    markdown, csv_text = build_table(OmegaConf.create(spec), recs)
+    assert "| NxM − FT | ours, difference of means | -3.50 | — |" in markdown  # 58.5 − mean(60, 64); no NxM MRPC run
+    assert "NxM − FT,\"ours, difference of means\",-3.50,—" in csv_text
+    spec["table"]["differences"] = [{"label": "x", "row": "NxM", "minus": "Dense"}]
+    with pytest.raises(ConfigError, match="no row labelled 'Dense'"):
+        build_table(OmegaConf.create(spec), recs)

@@ -114,21 +114,26 @@ def build_table(experiment: DictConfig, all_records: list[dict[str, Any]]) -> tu
     header = ["method", "source"] + [column_title(c) for c in table.columns]
     body: list[list[str]] = []
     agree: list[list[str]] = []
+    ours: dict[str, list[list[float]]] = {}  # row label -> per column, the runs' scores (for `differences`)
     for row in table.rows:
         paper_label = paper_map.get(row.label)
         if paper_label is not None:
             numbers = paper_rows.get(paper_label, {})
             body.append([row.label, "paper"] + [_paper_value(numbers, c) for c in table.columns])
         cells, counts, agree_cells = [], [], []
+        ours[row.label] = []
         for column in table.columns:
             recs = [r for r in mine if _matches(r, row, column)]
             values = [v for v in (_score(r, column) for r in recs) if v is not None]
+            ours[row.label].append(values)
             cells.append(aggregate(values, rule))
             counts.append(len(values))
             agree_cells.append(agreement(recs, column))
         runs = max(counts) if counts else 0
         body.append([row.label, f"ours (n≤{runs})"] + cells)
         agree.append([row.label] + agree_cells)
+    for diff in table.get("differences") or []:
+        body += _difference_rows(diff, ours, paper_rows, paper_map, table.columns)
     md = io.StringIO()
     md.write(f"# {table.title}\n\n")
     folders = ", ".join(f"`{name}` (results/records/{name}/)" for name in sources)
@@ -151,6 +156,24 @@ def build_table(experiment: DictConfig, all_records: list[dict[str, Any]]) -> tu
     writer.writerow(header)
     writer.writerows(body)
     return md.getvalue(), out.getvalue()
+
+
+def _difference_rows(diff: DictConfig, ours: dict[str, list[list[float]]], paper_rows: dict[str, dict[str, float]],
+                     paper_map: dict[str, str], columns: Any) -> list[list[str]]:
+    """`{label, row, minus}`: per column, mean of `row`'s runs minus mean of `minus`'s (ours), and the same for the
+    paper's numbers when both rows have one — how far a method lands from its baseline, stated in the table."""
+    for name in (diff.row, diff.minus):
+        if name not in ours:
+            raise ConfigError(f"table difference {diff.label!r}: no row labelled {name!r}; rows: {sorted(ours)}")
+    cells = []
+    for a, b in zip(ours[diff.row], ours[diff.minus]):
+        cells.append(f"{statistics.fmean(a) - statistics.fmean(b):+.2f}" if a and b else "—")
+    rows = [[diff.label, "ours, difference of means"] + cells]
+    if diff.row in paper_map and diff.minus in paper_map:
+        a, b = paper_rows.get(paper_map[diff.row], {}), paper_rows.get(paper_map[diff.minus], {})
+        keys = [c.get("key") or c.task for c in columns]
+        rows.append([diff.label, "paper, difference"] + [f"{a[k] - b[k]:+.1f}" if k in a and k in b else "—" for k in keys])
+    return rows
 
 
 def _paper_value(numbers: dict[str, float], column: DictConfig) -> str:
