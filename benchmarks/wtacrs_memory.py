@@ -104,16 +104,8 @@ class Runner:
     def __init__(self, cfg, label: str, factory: Any, roles: list[str]):
         torch.manual_seed(0)
         self.model = load_model(cfg.backbone, num_labels=cfg.task.num_labels)
-        self.method, self.note = factory(), ""
-        try:
-            self.method.setup(self.model, cfg.backbone)
-        except Exception as err:  # ftlab's LoRA does not know T5's decoder stack: exact LoRA through our layer instead
-            if not isinstance(self.method, LoRA):
-                raise
-            self.model = load_model(cfg.backbone, num_labels=cfg.task.num_labels)
-            self.method = LoRAWTACRS(budget=1.0)
-            self.method.setup(self.model, cfg.backbone)
-            self.note = f"methods.lora failed ({type(err).__name__}: {err}); exact LoRA = lora_wtacrs at budget 1.0"
+        self.method = factory()
+        self.method.setup(self.model, cfg.backbone)
         if isinstance(self.method, _WTACRSMethod):
             self.method.measure_first_forward = False  # this script measures every method the same way
         self.model.train()
@@ -177,7 +169,7 @@ def bench_setup(name: str, batch_size: int, steps: int) -> dict[str, Any]:
                 "replaced_layers_bytes": full.watched_total, "whole_step_saved_bytes": full.total_bytes,
                 "saved_bytes_at_batch_8": part.total_bytes, "static_bytes": runner.static_bytes,
                 "max_batch_under_cap": max(int(budget // slope), 0) if slope > 0 else None,
-                "largest_saved": full.largest(6), "note": runner.note,
+                "largest_saved": full.largest(6),
             }
         for _ in range(steps + 1 if steps else 0):  # interleaved rounds (the first is warm-up): load hits all alike
             for runner in runners.values():
@@ -240,8 +232,6 @@ def markdown(results: list[dict[str, Any]]) -> str:
             lines += [f"- {g['shape']} {g['dtype']} {g['produced_by']} x{g['count']}: {g['bytes'] / MIB:.1f}"
                       for g in r["methods"][label]["largest_saved"]]
             lines.append("")
-        notes = [f"{label}: {m['note']}" for label, m in r["methods"].items() if m["note"]]
-        lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
     return "\n".join(lines)
 
 

@@ -110,6 +110,20 @@ def test_role_listing_several_modules_adapts_each(tiny_bert):
     assert [type(l.base).__name__ for l in layers] == ["Linear", "Linear"] and all(isinstance(l, LoRALayer) for l in layers)
 
 
+def test_t5_adapts_encoder_and_decoder_projections_including_cross_attention():
+    backbone = compose_config(["backbone=tiny-t5"]).backbone
+    torch.manual_seed(0)
+    model = load_model(backbone, num_labels=2).eval()
+    reference = copy.deepcopy(model)
+    layers = add_lora(model, backbone, ["q", "v"], r=4, alpha=8)
+    names = {n for n, m in model.named_modules() if isinstance(m, LoRALayer)}
+    assert len(layers) == len(names) == 2 * 2 + 2 * 4  # encoder: q, v; decoder: self- and cross-attention q, v
+    assert "transformer.decoder.block.1.layer.1.EncDecAttention.v" in names
+    x = torch.randint(1000, 2000, (2, 7))
+    x[:, -1] = 102  # the tiny T5's <eos> (MiniLM's [SEP]): the head reads that position
+    torch.testing.assert_close(model(input_ids=x).logits, reference(input_ids=x).logits)  # B = 0 at init
+
+
 def test_bad_inputs_name_the_problem(tiny_bert):
     model, backbone = tiny_bert
     with pytest.raises(ConfigError, match=r"unknown role\(s\) \['query'\].*defines \['q', 'k', 'v'"):

@@ -163,6 +163,15 @@ def test_scores_stay_exact_and_budget_one_gives_the_exact_query_and_key_gradient
         assert torch.allclose(dq, q.grad) == grads_exact and torch.allclose(dk, k.grad) == grads_exact
 
 
+def test_gradcheck_of_both_attention_products_at_budget_one() -> None:
+    query, key, _ = _qk_inputs(b=1, h=2, n=5, m=4, d=3)
+    q, k = query.requires_grad_(), key.requires_grad_()
+    assert torch.autograd.gradcheck(lambda q, k: _SampledQK.apply(q, k, *_qk_samplers(1.0), torch.float64), (q, k))
+    probs, value, _ = _pv_inputs(b=1, h=2, n=5, d=3)
+    pv = HeadRowSampler(1.0, 1, 0.01, None, "a")
+    assert torch.autograd.gradcheck(lambda p, v: _SampledPV.apply(p, v, pv, 0.0, torch.float64), (probs, value))
+
+
 def test_sampled_query_and_key_gradients_are_unbiased() -> None:
     torch.manual_seed(4)
     query, key, grad = _qk_inputs(n=14, m=11)

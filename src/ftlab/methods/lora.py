@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from ..backbones import ROLES, block_linears
+from ..backbones import ROLES, block_linears, block_stacks
 from ..errors import ConfigError
 from .base import Method
 
@@ -249,12 +249,14 @@ def check_roles(roles: Sequence[str], backbone: DictConfig, method: str) -> list
     return roles
 
 
-def _modules_and_roles(backbone: DictConfig) -> dict[str, list[str]]:
-    """Module suffix inside a block -> the roles it serves, in block_linears order (several roles = fused)."""
-    served: dict[str, list[str]] = defaultdict(list)
-    for role, names in backbone.block_linears.items():
-        for suffix in [names] if isinstance(names, str) else list(names):
-            served[suffix].append(role)
+def _modules_and_roles(backbone: DictConfig) -> dict[tuple[str, str], list[str]]:
+    """(stack's layers_path, module suffix inside a block) -> the roles it serves, in block_linears order (several
+    roles = fused), for every stack of blocks (an encoder-decoder's decoder has its own layout)."""
+    served: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for layers_path, block_linears_of_stack in block_stacks(backbone):
+        for role, names in block_linears_of_stack.items():
+            for suffix in [names] if isinstance(names, str) else list(names):
+                served[(layers_path, suffix)].append(role)
     return served
 
 
@@ -291,8 +293,9 @@ def add_lora(
         if isinstance(base, LoRALayer):
             raise ConfigError(f"lora: {name} already carries a LoRA layer; add_lora was called twice")
         out_features, in_features = weight_shape(base)
-        suffix = name[len(backbone.layers_path) + 1:].split(".", 1)[1]  # "<layers_path>.<i>.<suffix>"
-        module_roles = served[suffix]
+        layers_path = next(path for path, _ in served if name.startswith(path + "."))
+        suffix = name[len(layers_path) + 1:].split(".", 1)[1]  # "<layers_path>.<i>.<suffix>"
+        module_roles = served[(layers_path, suffix)]
         part = out_features // len(module_roles)
         if part * len(module_roles) != out_features:
             raise ConfigError(
