@@ -40,8 +40,8 @@ from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
 from ftlab.data.module import TaskDataModule
 from ftlab.methods.base import Method
 from ftlab.methods.lora import LoRA
-from ftlab.methods.wtacrs import WTACRS, LoRAWTACRS, _WTACRSMethod
-from ftlab.methods.wtacrs_memory import SavedTensorMeter, SavedTensors
+from ftlab.methods.wtacrs import WTACRS, LoRAWTACRS
+from ftlab.saved_tensors import SavedTensorMeter, SavedTensors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA_DIR = Path(os.environ.get("FTLAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
@@ -106,8 +106,6 @@ class Runner:
         self.model = load_model(cfg.backbone, num_labels=cfg.task.num_labels)
         self.method = factory()
         self.method.setup(self.model, cfg.backbone)
-        if isinstance(self.method, _WTACRSMethod):
-            self.method.measure_first_forward = False  # this script measures every method the same way
         self.model.train()
         names = list(block_linears(self.model, cfg.backbone, roles))
         self.watch = {n: self.model.get_submodule(n) for n in names}

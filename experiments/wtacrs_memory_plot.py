@@ -6,7 +6,7 @@
 From the benchmark JSON (benchmarks/wtacrs_memory.py): per setup, the whole-step saved-tensor peak and the saved bytes
 of the replaced layers of each method, with the ratio to its baseline over each bar -> results/wtacrs_memory_<setup>.png.
 From a records folder: per method (and budget), the mean saved-tensor bytes of the whole forward measured in the run
-(WTA-CRS runs) and the process's peak RSS (every run) -> results/wtacrs_memory_records.png.
+(every run since records carry cost.saved_tensors; older records: WTA-CRS runs only) and the peak RSS -> results/wtacrs_memory_records.png.
 """
 from __future__ import annotations
 
@@ -68,9 +68,12 @@ def plot_records(folder: Path, out: Path) -> list[Path]:
             continue
         method = record["config"]["method"]
         label = method["name"] + (f"@{method['budget']}" if "budget" in method else "")
-        report = record.get("method_report") or {}
-        if "saved_tensors" in report:
-            saved[label].append(report["saved_tensors"]["whole_forward_bytes"] / MIB)
+        first_step = (record.get("cost") or {}).get("saved_tensors")  # every run since the module measures it
+        if first_step is None:  # older WTA-CRS records carried it in the method's report only
+            first_step = (record.get("method_report") or {}).get("saved_tensors")
+            first_step = {"bytes": first_step["whole_forward_bytes"]} if first_step else None
+        if first_step is not None:
+            saved[label].append(first_step["bytes"] / MIB)
         if record.get("cost", {}).get("cpu_peak_rss_mb") is not None:
             rss[label].append(record["cost"]["cpu_peak_rss_mb"])
     labels = sorted(set(saved) | set(rss))

@@ -28,10 +28,18 @@ def test_record_has_the_promised_fields(run_tiny) -> None:
     assert len(r["metrics"]["best"]["correct"]["dev"]) == 32  # per-example right/wrong for agreement summaries
     assert r["parameters"]["total"] >= r["parameters"]["trainable"] > 0 and r["parameters"]["nonzero"] > 0
     assert r["cost"]["samples_per_s"] > 0 and r["cost"]["train_samples"] == 48 and r["cost"]["optimizer_steps"] == 3
-    assert r["cost"]["cpu_peak_rss_mb"] > 0
+    assert r["cost"]["cpu_peak_rss_mb"] > 0 and r["cost"]["cpu_peak_rss_scope"] == "run"  # reset per run (Linux)
+    saved = r["cost"]["saved_tensors"]  # the first training step's activations, measured for every method
+    assert saved["bytes"] > 0 and saved["measured_on"]["batch"] == 16 and saved["largest"][0]["bytes"] > 0
     assert r["environment"]["torch"] and "git_commit" in r["environment"]
     assert r["environment"]["attn_implementation"] == "eager"  # the faster CPU attention (backbones.attention_for)
     assert r["environment"]["adamw_fused"] is True
+
+
+def test_first_step_activations_are_measured_alike_for_every_method(run_tiny) -> None:
+    plain = run_tiny("task=rte")["cost"]["saved_tensors"]["bytes"]
+    rdrop = run_tiny("task=rte", "method=rdrop")["cost"]["saved_tensors"]["bytes"]  # one forward of the batch twice
+    assert 1.8 * plain < rdrop < 2.2 * plain
 
 
 def test_completed_run_is_skipped_when_launched_again(run_tiny) -> None:

@@ -10,7 +10,7 @@ from ftlab.backbones import block_linears, load_model
 from ftlab.errors import ConfigError
 from ftlab.methods.wtacrs import LoRAWTACRS, WTACRS
 from ftlab.methods.wtacrs_cache import NormCache
-from ftlab.methods.wtacrs_memory import SavedTensorMeter
+from ftlab.saved_tensors import SavedTensorMeter
 from ftlab.methods.wtacrs_ops import RowSampler, WTACRSLinear, sampled_linear
 from ftlab.methods.wtacrs_sampling import budget_rows, deterministic_count, plan_rows, row_probabilities
 

@@ -73,11 +73,37 @@ def environment() -> dict[str, Any]:
     }
 
 
-def peak_memory_mb() -> dict[str, float]:
+def reset_peak_memory() -> bool:
+    """Start this run's peak-memory count. CUDA: the allocator's peak. CPU: Linux's peak resident set (VmHWM), reset by
+    writing 5 to /proc/self/clear_refs — else a multirun's later runs would report the process's all-time peak.
+    False where the CPU peak cannot be reset (then the record says the peak is the process's)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(since_reset: bool) -> dict[str, Any]:
     if torch.cuda.is_available():
         return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
-    # CPU: the process's peak resident set (the allocator keeps no statistics on CPU); includes weights and data
-    return {"cpu_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    # CPU: the peak resident set (the allocator keeps no statistics on CPU); includes weights, data and the libraries
+    if since_reset:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return {"cpu_peak_rss_mb": int(line.split()[1]) / 1024, "cpu_peak_rss_scope": "run"}
+    return {"cpu_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss_scope": "process"}
+
+
+def saved_tensors_summary(module: FineTuneModule) -> dict[str, Any] | None:
+    """The activations the first training step saved for backward (every method measured the same way)."""
+    saved = module.saved_tensors
+    if saved is None:
+        return None
+    return {"bytes": saved.total_bytes, "measured_on": {"step": "first training forward", **module.saved_tensors_batch},
+            "largest": saved.largest(5)}
 
 
 def _portable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -168,8 +194,7 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
         accumulate_grad_batches=cfg.train.accumulate_grad_batches, callbacks=callbacks, logger=logger,
         default_root_dir=str(run_dir), enable_checkpointing=bool(cfg.train.save_checkpoints),
     )
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    peak_is_per_run = reset_peak_memory()
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     fit_seconds = time.perf_counter() - start
@@ -187,7 +212,8 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
             "fit_seconds": fit_seconds, "train_seconds": meter.seconds, "train_samples": meter.samples,
             "samples_per_s": meter.samples / meter.seconds if meter.seconds else None,
             "tokens_per_s": meter.tokens / meter.seconds if meter.seconds else None,
-            "optimizer_steps": trainer.global_step, **peak_memory_mb(),
+            "optimizer_steps": trainer.global_step, **peak_memory_mb(peak_is_per_run),
+            "saved_tensors": saved_tensors_summary(module),
         },
         "environment": {**environment(), "attn_implementation": model.config._attn_implementation,
                         "adamw_fused": bool(trainer.optimizers and trainer.optimizers[0].defaults.get("fused"))},

@@ -41,6 +41,11 @@ class Method:
     def on_fit_start(self, module: FineTuneModule) -> None:
         """Once, weights loaded and on device: one-shot masks, Fisher estimates, index sets."""
 
+    def watched_modules(self) -> dict[str, nn.Module]:
+        """Modules whose saved activations the run record reports apart from the whole forward's (e.g. the layers a
+        method replaced); the module measures the first training forward (`FineTuneModule.saved_tensors`)."""
+        return {}
+
     def on_train_batch_start(self, module: FineTuneModule, batch: dict[str, torch.Tensor]) -> None:
         """Before each training micro-batch's forward: per-batch state keyed by the batch (e.g. the example indices
         `batch["idx"]`, which the model itself never sees)."""

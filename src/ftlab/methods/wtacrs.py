@@ -21,9 +21,10 @@ input for a weight gradient anyway (the paper switches their sampling off too).
 
 Per-step mechanics: `on_train_batch_start` hands `batch["idx"]` to the ‖∇Z‖ cache (wtacrs_cache: one bf16 norm per
 (example, token position) per layer), each layer's backward writes its output-gradient row norms there, and the next
-visit of an example samples with p ∝ ‖X_i‖·‖∇Z_i‖. The first training forward is measured with
-`torch.autograd.graph.saved_tensors_hooks` (wtacrs_memory), and `report()` gives the saved bytes of the replaced layers
-and of the whole forward, the mean optimizer-step time, the cache size and the sampling statistics.
+visit of an example samples with p ∝ ‖X_i‖·‖∇Z_i‖. The module measures the first training forward of every
+run with `torch.autograd.graph.saved_tensors_hooks` (ftlab.saved_tensors); this method names the replaced layers
+(`watched_modules`), and `report()` gives their saved bytes and the whole forward's, the mean optimizer-step time, the
+cache size and the sampling statistics.
 """
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ from .lora import LoRALayer, freeze_for_adapters
 from .wtacrs_attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE, HeadRowSampler,
                                install_attention_function)
 from .wtacrs_cache import NormCache
-from .wtacrs_memory import SavedTensorMeter, SavedTensors
 from .wtacrs_ops import RowSampler, WTACRSLinear, check_budget, sampled_linear
 
 DEFAULT_ROLES = ("attn_out", "ffn1", "ffn2")
@@ -107,10 +107,6 @@ class _WTACRSMethod(Method):
         self.cache = NormCache(max_positions, int(max_cache_mb * 2**20))
         self.samplers: dict[str, RowSampler] = {}
         self.watch: dict[str, nn.Module] = {}
-        self.saved: SavedTensors | None = None
-        self.measured_batch: dict[str, int] = {}
-        self._meter: SavedTensorMeter | None = None
-        self.measure_first_forward = True  # the report's saved-tensor figures; off = no hooks at all
         self._step_started: float | None = None
         self.step_seconds: list[float] = []
 
@@ -140,20 +136,8 @@ class _WTACRSMethod(Method):
                 setattr(model.get_submodule(name), SCORE_SAMPLERS_ATTRIBUTE, self.score_samplers[name])
         model.set_attn_implementation(ATTENTION_NAME)
 
-    def _instrument(self, model: nn.Module) -> None:
-        """Measure the saved tensors of the first training forward: enter the hooks before it, leave them after it."""
-        model.register_forward_pre_hook(self._start_measure)
-        model.register_forward_hook(self._stop_measure, always_call=True)
-
-    def _start_measure(self, model: nn.Module, args: Any) -> None:
-        if self.measure_first_forward and model.training and torch.is_grad_enabled():
-            self._meter = SavedTensorMeter(model, self.watch)
-            self._meter.__enter__()
-
-    def _stop_measure(self, model: nn.Module, args: Any, output: Any) -> None:
-        if self._meter is not None:
-            self._meter.__exit__(None, None, None)
-            self.saved, self._meter, self.measure_first_forward = self._meter.result, None, False
+    def watched_modules(self) -> dict[str, nn.Module]:
+        return self.watch  # the replaced layers: the record's sampled_layers_bytes
 
     # -- hooks ----------------------------------------------------------------------------------------------------
     def on_fit_start(self, module: Any) -> None:
@@ -172,9 +156,6 @@ class _WTACRSMethod(Method):
                 f"or add an 'idx' tensor of dataset indices to every batch"
             )
         self.cache.begin_batch(batch["idx"], batch.get("attention_mask"))
-        if self._meter is None and self.saved is None:
-            ids = batch.get("input_ids")
-            self.measured_batch = {"batch": int(batch["idx"].numel()), "positions": int(ids.shape[1]) if ids is not None else 0}
         if self._step_started is None:
             self._step_started = time.perf_counter()
 
@@ -203,13 +184,13 @@ class _WTACRSMethod(Method):
                            "examples": self.cache.examples(), "positions": self.cache.max_positions,
                            "layers": len(self.cache.tables)},
         }
-        if self.saved is not None:
+        saved = getattr(module, "saved_tensors", None)  # FineTuneModule measures the first training forward
+        if saved is not None:
             out["saved_tensors"] = {
-                "measured_on": {"step": "first training forward", **self.measured_batch},
-                "sampled_layers_bytes": self.saved.watched_total,
+                "measured_on": {"step": "first training forward", **module.saved_tensors_batch},
+                "sampled_layers_bytes": saved.watched_total,
                 "sampled_layers_input_bytes_if_exact": sum(s.first_input_bytes or 0 for s in self.samplers.values()),
-                "whole_forward_bytes": self.saved.total_bytes,
-                "largest": self.saved.largest(5),
+                "whole_forward_bytes": saved.total_bytes,
             }
         return out
 
@@ -244,7 +225,6 @@ class WTACRS(_WTACRSMethod):
             model.set_submodule(name, replacement)
             self.watch[name] = replacement
         self._sample_attention(model, backbone)
-        self._instrument(model)
 
     def report(self, module: Any) -> dict[str, Any]:
         return {"roles": self.roles, **super().report(module)}
@@ -296,7 +276,6 @@ class LoRAWTACRS(_WTACRSMethod):
             self.watch[name] = layer
         freeze_for_adapters(model, backbone)
         self._sample_attention(model, backbone)
-        self._instrument(model)
 
     def report(self, module: Any) -> dict[str, Any]:
         return {"lora_roles": self.lora_roles, "r": self.r, "alpha": self.alpha, "dropout": self.dropout,
