@@ -1,6 +1,7 @@
 """The LightningModule: forward, loss, dev metrics, optimiser; every method-specific step goes through the hooks."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -48,17 +49,17 @@ class FineTuneModule(pl.LightningModule):
         self.method.on_train_batch_start(self, batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.saved_tensors is None:
+        first = self.saved_tensors is None
+        if first:
             ids = batch.get("input_ids")
             self.saved_tensors_batch = {"batch": int(batch["labels"].shape[0]),
                                         "positions": int(ids.shape[1]) if ids is not None else 0}
-            with SavedTensorMeter(self.model, self.method.watched_modules()) as meter:
-                outputs = self.method.training_forward(self, batch)
-                loss = self.method.training_loss(self, batch, outputs, outputs.loss)
-            self.saved_tensors = meter.result
-        else:
+        meter = SavedTensorMeter(self.model, self.method.watched_modules()) if first else contextlib.nullcontext()
+        with meter:
             outputs = self.method.training_forward(self, batch)
             loss = self.method.training_loss(self, batch, outputs, outputs.loss)
+        if first:
+            self.saved_tensors = meter.result
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
