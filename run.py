@@ -1,5 +1,13 @@
-"""Hydra entry point: `python run.py task=rte`, `python run.py -m method=nxm task=rte,mrpc seed=1,2,3`."""
+"""Hydra entry point: `python run.py task=rte`, `python run.py -m method=nxm task=rte,mrpc seed=1,2,3`.
+
+Exit status: 0 when the run (every job of a multirun) completed or was already complete, or another process is running
+it; 1 when a run failed (a multirun finishes its other jobs first); 2 for a config or data error found before
+training; 130 / 143 when interrupted by SIGINT / SIGTERM (the record says `interrupted`; a relaunch resumes it).
+"""
 import logging
+import signal
+import sys
+import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,24 +20,64 @@ register_resolvers()
 log = logging.getLogger("ftlab")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    from ftlab.train import Interrupted
+
+    raise Interrupted("SIGTERM", 143)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from ftlab.train import run
+    from ftlab.errors import FtlabError
+    from ftlab.records import best_score
+    from ftlab.run_lock import RunLocked
+    from ftlab.sweep import write_outcome
+    from ftlab.train import Interrupted, run
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job = hydra_cfg.job.get("num", 0)
+    overrides = " ".join(hydra_cfg.overrides.task)
+    started = time.perf_counter()
+
+    def outcome(status: str, **extra: object) -> None:
+        if multirun:
+            write_outcome(hydra_cfg.sweep.dir, job,
+                          {"status": status, "overrides": overrides, "seconds": time.perf_counter() - started, **extra})
 
     try:
         record = run(cfg)
-    except Exception as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # one failed run is recorded (status failed) and must not stop the rest of the sweep
-            log.error("run failed: %s: %s", type(err).__name__, err)
-            return None
+    except RunLocked as err:
+        log.warning("%s", err)
+        outcome("skipped", error=str(err))
+        return None
+    except Interrupted as err:
+        outcome("interrupted", error=str(err))
         raise
-    best = (record.get("metrics") or {}).get("best") or {}
+    except Exception as err:
+        outcome("failed", error=f"{type(err).__name__}: {err}")
+        if multirun:  # recorded (status failed); the other jobs go on and the sweep exits 1 at the end
+            log.error("job %s failed: %s: %s", job, type(err).__name__, err)
+            return None
+        if isinstance(err, FtlabError):
+            log.error("%s", err)
+            raise SystemExit(1) from err
+        raise
+    value = best_score(record)
+    outcome(record.get("status", "?"), name=record["name"], best=value)
     split, metric = cfg.task.selection.split, cfg.task.selection.metric
-    value = (best.get("metrics") or {}).get(split, {}).get(metric)
     log.info("best %s/%s = %s (record %s)", split, metric, value, record["name"])
     return value
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BaseException as err:
+        if type(err).__name__ == "Interrupted":
+            print(f"ftlab: {err}; the record says so and a relaunch resumes it", file=sys.stderr)
+            sys.exit(getattr(err, "code", 1))
+        raise

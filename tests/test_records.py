@@ -57,11 +57,22 @@ def test_nan_loss_stops_the_run_and_records_failure(tmp_path: Path) -> None:
     assert record["status"] == "failed" and "NonFiniteLossError" in record["error"]
 
 
-def test_failed_run_is_retried_not_skipped(tmp_path: Path) -> None:
+def test_missing_data_fails_before_any_record_is_written(tmp_path: Path) -> None:
     bad = compose_config(tiny_overrides(tmp_path, "task=rte", "paths.data_dir=/nonexistent"))
-    with pytest.raises(FtlabError, match="data folder not found"):
+    with pytest.raises(FtlabError, match="data file not found: /nonexistent/glue/RTE/train.tsv"):
         run(bad)
+    assert not list((tmp_path / "records").glob("*.json"))  # no identity without the data: nothing to record
+
+
+def test_failed_run_is_retried_not_skipped(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, "task=rte", "method._target_=nan_loss.NanLoss", "method.name=nan_loss")
+    with pytest.raises(NonFiniteLossError):
+        run(compose_config(overrides))
     (path,) = (tmp_path / "records").glob("*.json")
+    first = json.loads(path.read_text())
+    with pytest.raises(NonFiniteLossError):
+        run(compose_config(overrides))
+    assert json.loads(path.read_text())["started"] >= first["started"]
     assert json.loads(path.read_text())["status"] == "failed"
 
 
@@ -94,10 +105,10 @@ def test_multirun_basic_launcher_runs_every_point_and_survives_a_failure(tmp_pat
     done = _multirun(tmp_path, "task=rte,wnli", "seed=1,2")
     assert done.returncode == 0, done.stderr[-2000:]
     failing = _multirun(tmp_path, "task=qnli,wnli", "seed=5")
-    assert failing.returncode == 0, failing.stderr[-2000:]
+    assert failing.returncode == 1, failing.stderr[-2000:]  # a failed job fails the sweep, after the others ran
+    assert "job 0 failed: DataError: data file not found" in failing.stdout + failing.stderr  # the summary names it
     status = sorted((r["config"]["task"]["name"], r["status"]) for r in records.iter_records(tmp_path / "records"))
     assert status.count(("rte", "completed")) == 2 and status.count(("wnli", "completed")) == 3
-    assert ("qnli", "failed") in status
 
 
 def test_multirun_joblib_launcher(tmp_path: Path) -> None:

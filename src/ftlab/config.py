@@ -38,11 +38,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ftlab.package_dir", _package_dir)
 
 
-# Keys that never change what a run computes: where files go, how it is logged, how its table is rendered, and the
-# sweep indices (`grid`: only the values they select, e.g. optim.lr, decide a run, so index points that select the
-# same values are one run, run once). Editing a table's text must not make every completed run look new.
-NOT_RUN_DECIDING = ("paths", "logger", "hydra", "experiment_name", "grid", "table")
+# Keys that never change what a run computes: where files go, how it is logged and shown, whether it keeps resume
+# checkpoints, how its table is rendered, and the sweep indices (`grid`: only the values they select, e.g. optim.lr,
+# decide a run, so index points that select the same values are one run, run once). Editing a table's text must not
+# make every completed run look new.
+NOT_RUN_DECIDING = ("paths", "logger", "hydra", "experiment_name", "grid", "table", "resume")
 UI_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
+NOT_RUN_DECIDING_TRAIN = ("save_checkpoints",)
 
 
 def identity_config(cfg: DictConfig) -> dict:
@@ -54,7 +56,15 @@ def identity_of(config: dict) -> dict:
     """identity_config of an already resolved config (e.g. the one a record stores)."""
     identity = {k: v for k, v in config.items() if k not in NOT_RUN_DECIDING}
     identity["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k not in UI_TRAINER_KEYS}
+    if isinstance(config.get("train"), dict):
+        identity["train"] = {k: v for k, v in config["train"].items() if k not in NOT_RUN_DECIDING_TRAIN}
     return identity
+
+
+def run_identity(config: dict, data_files: dict) -> dict:
+    """What names a run: the run-deciding config plus the fingerprint of the data it reads (ftlab.data.fingerprint),
+    so the same config on other data is another run."""
+    return {**identity_of(config), "data_files": data_files}
 
 
 register_resolvers()

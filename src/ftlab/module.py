@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,25 @@ class FineTuneModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         self.method.on_fit_end(self)
+
+    # -- resume ---------------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """What Lightning's checkpoint lacks for an exact resume: the validated epochs, the method's own state and the
+        random streams (dropout, sampling) as they stand at the end of the epoch."""
+        checkpoint["ftlab"] = {
+            "history": self.history, "method": self.method.resume_state(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ftlab") or {}
+        self.history = list(state.get("history") or [])
+        self.method.load_resume_state(state.get("method") or {})
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def on_validation_start(self) -> None:

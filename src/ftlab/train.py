@@ -19,11 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import records
 from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
-from .config import PROJECT_ROOT, identity_config
+from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, resume_point
+from .config import PROJECT_ROOT, portable_path, run_identity
+from .data.fingerprint import data_fingerprint
 from .data.module import TaskDataModule
-from .errors import ConfigError
+from .errors import ConfigError, FtlabError
 from .methods.base import Method
 from .module import FineTuneModule
+from .run_lock import RunLock
 
 log = logging.getLogger("ftlab")
 
@@ -126,34 +129,107 @@ def _summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if entry is None else {k: entry[k] for k in ("epoch", "step", "metrics", "predictions", "correct")}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one configuration; returns its record. A completed record for the same config is reused."""
-    identity = identity_config(cfg)
-    name = records.record_name(identity)
-    path = Path(cfg.paths.records_dir) / f"{name}.json"
-    existing = records.read(path)
-    if existing is not None and existing.get("status") == "completed":
-        log.info("skipping %s: completed record at %s", name, path)
-        return existing
-    record: dict[str, Any] = {
-        "name": name, "config_hash": records.config_hash(identity), "status": "running",
-        "experiment": cfg.get("experiment_name"), "config": _portable_config(cfg),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+def _metrics(cfg: DictConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    split, metric = _selection_key(cfg)
+    best, last = _best(history, split, metric), (history[-1] if history else None)
+    return {
+        "selection": {"split": split, "metric": metric, "rule": "best epoch on dev"},
+        "history": [{k: h[k] for k in ("epoch", "step", "metrics")} for h in history],
+        "best": _summary(best), "last": _summary(last),
     }
-    records.write_atomic(path, record)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped the run; `code` is the exit status the process should end with (130 / 143)."""
+
+    def __init__(self, signal_name: str, code: int):
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name, self.code = signal_name, code
+
+
+def _as_interruption(err: BaseException) -> Interrupted | None:
+    """Lightning turns Ctrl-C into SystemExit(1) raised from a KeyboardInterrupt and SIGTERM into SIGTERMException (a
+    SystemExit with code 0): both must end the run as interrupted, with a non-zero exit."""
+    if isinstance(err, Interrupted):
+        return err
+    if isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)):
+        return Interrupted("SIGINT", 130)
+    if type(err).__name__ == "SIGTERMException":
+        return Interrupted("SIGTERM", 143)
+    return None
+
+
+def run_paths(cfg: DictConfig) -> tuple[str, Path, dict[str, Any]]:
+    """(record name, record path, identity) of a config: the run-deciding config plus the data fingerprint."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    cache_dir = Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else None
+    data_files = data_fingerprint(cfg.task, cfg.data, Path(cfg.paths.data_dir), cache_dir)
+    identity = run_identity(config, data_files)
+    name = records.record_name(identity)
+    return name, Path(cfg.paths.records_dir) / f"{name}.json", identity
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns its record. A completed record for the same config and data is
+    reused; an interrupted one resumes from its last epoch; a concurrent launch of the same run raises RunLocked."""
+    name, path, identity = run_paths(cfg)
+    with RunLock(path):
+        try:
+            existing = records.read(path)
+        except records.CorruptRecordError as err:
+            kept = records.move_aside(path)
+            log.warning("%s; kept it as %s and running the config again", err, kept.name)
+            existing = None
+        if existing is not None and existing.get("status") == "completed":
+            log.info("skipping %s: completed record at %s", name, path)
+            return existing
+        return _run_locked(cfg, name, path, identity, existing)
+
+
+def _run_locked(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any],
+                existing: dict[str, Any] | None) -> dict[str, Any]:
+    run_dir = Path(cfg.paths.output_dir) / name
+    config_hash = records.config_hash(identity)
+    resume = None
+    if existing is not None and existing.get("status") in ("running", "interrupted") and cfg.get("resume", True):
+        resume = resume_point(run_dir / "checkpoints" / RESUME_FILE, config_hash)
+    record: dict[str, Any] = {
+        "name": name, "config_hash": config_hash, "status": "running", "pid": os.getpid(),
+        "experiment": cfg.get("experiment_name"), "config": _portable_config(cfg), "data_files": identity["data_files"],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"resumed": {**resume, "checkpoint": portable_path(resume["checkpoint"]),
+                        "previous_status": existing["status"]}} if resume else {}),
+    }
+    progress: dict[str, Any] = {}
     try:
-        record.update(_fit(cfg, name))
-        record["status"] = "completed"
-    except BaseException as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         records.write_atomic(path, record)
+        record.update(_fit(cfg, name, config_hash, resume["checkpoint"] if resume else None, progress))
+        record["status"] = "completed"
+        records.write_atomic(path, record)
+    except BaseException as err:
+        interruption = _as_interruption(err)
+        module = progress.get("module")
+        if module is not None and module.history:  # the epochs validated before the failure are results too
+            record["metrics"] = _metrics(cfg, module.history)
+        if interruption is not None:
+            record.update(status="interrupted", error=str(interruption))
+        else:
+            record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            records.write_atomic(path, record)
+        except records.RecordError as write_err:
+            # the record stays as last written (`running`, no lock holder after exit): reported as interrupted
+            log.error("%s", write_err)
+        if interruption is not None:
+            raise interruption from err
         raise
-    records.write_atomic(path, record)
+    (run_dir / "checkpoints" / RESUME_FILE).unlink(missing_ok=True)  # completed: nothing left to resume
     log.info("record written: %s", path)
     return record
 
 
-def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
+def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, progress: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir) / name
@@ -178,34 +254,39 @@ def _fit(cfg: DictConfig, name: str) -> dict[str, Any]:
     else:
         data = TaskDataModule(task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
         module = FineTuneModule(model, method, task, cfg.optim, cfg.backbone)
+    progress["module"] = module
     meter = ThroughputMeter()
     callbacks: list[pl.Callback] = [meter]
     split, metric = _selection_key(cfg)
     if cfg.train.save_checkpoints:
-        callbacks.append(pl.callbacks.ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", monitor=f"{split}/{metric}", mode="max", save_top_k=1, save_last=True,
-            save_weights_only=True, filename="best-{epoch}",
-        ))
+        callbacks.append(best_weights_callback(run_dir / "checkpoints", f"{split}/{metric}"))
+    if cfg.get("resume", True) and method.resume_attributes is not None:
+        callbacks.append(ResumeCheckpoint(run_dir / "checkpoints", config_hash))
+    if ckpt_path is not None and method.resume_attributes is None:
+        log.warning("%s cannot resume mid-run (its state is not checkpointed): starting %s over", method.name, name)
+        ckpt_path = None
     if cfg.trainer.enable_progress_bar and sys.stderr.isatty():
         callbacks.append(pl.callbacks.RichProgressBar())
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True), max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
         accumulate_grad_batches=cfg.train.accumulate_grad_batches, callbacks=callbacks, logger=logger,
-        default_root_dir=str(run_dir), enable_checkpointing=bool(cfg.train.save_checkpoints),
+        default_root_dir=str(run_dir),
+        enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks),
     )
     peak_is_per_run = reset_peak_memory()
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    if ckpt_path is not None:
+        log.info("resuming %s from %s", name, ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
-    history = module.history
-    best, last = _best(history, split, metric), (history[-1] if history else None)
+    if not module.history and not generation:  # generation may decode once at the end instead
+        raise FtlabError(
+            f"run {name} finished without a single validation (train.epochs={cfg.train.epochs}, "
+            f"train.max_steps={cfg.train.max_steps}); it has no result to record"
+        )
     return {
-        "metrics": {
-            "selection": {"split": split, "metric": metric, "rule": "best epoch on dev"},
-            "history": [{k: h[k] for k in ("epoch", "step", "metrics")} for h in history],
-            "best": _summary(best), "last": _summary(last),
-        },
+        "metrics": _metrics(cfg, module.history),
         "method_report": method.report(module),
         "parameters": parameter_counts(model),
         "cost": {

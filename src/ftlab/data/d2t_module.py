@@ -149,6 +149,15 @@ class GenerationDataModule(pl.LightningDataModule):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else special_ids(tokenizer)[1]
         self.train_rows: list[dict[str, list[int]]] | None = None
         self.eval_sets: dict[str, EvalSet] = {}
+        # the shuffling stream, kept so a resumed run draws the epochs' orders an uninterrupted one would
+        self.train_generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_generator": self.train_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_generator" in state:
+            self.train_generator.set_state(state["train_generator"])
 
     @property
     def eval_splits(self) -> list[str]:
@@ -180,7 +189,7 @@ class GenerationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rows = self.train_data()
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self.train_generator
         if self.data.group_by_length:
             sampler = LengthGroupedSampler(self.batch_size, lengths=[len(r["input_ids"]) for r in rows], generator=generator)
         else:

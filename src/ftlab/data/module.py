@@ -60,6 +60,15 @@ class TaskDataModule(pl.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.collate = IndexedCollator(tokenizer, data.pad_to_multiple_of)
         self.splits: dict[str, Dataset] = {}
+        # the shuffling stream, kept so a resumed run draws the epochs' orders an uninterrupted one would
+        self.train_generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_generator": self.train_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_generator" in state:
+            self.train_generator.set_state(state["train_generator"])
 
     @property
     def eval_splits(self) -> list[str]:
@@ -81,7 +90,7 @@ class TaskDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.load_split("train")
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self.train_generator
         if self.data.group_by_length:
             sampler = LengthGroupedSampler(self.batch_size, lengths=dataset["length"], generator=generator)
         else:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 from datasets import Dataset, load_from_disk
+from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
 from .glue import Row
@@ -28,19 +31,24 @@ def tokenize_rows(
 ) -> Dataset:
     """A Dataset with input_ids, attention_mask (token_type_ids where the model uses them), labels, idx and length."""
     path = cache_dir / _fingerprint(rows, tokenizer, text_fields, max_length) if cache_dir else None
-    if path is not None and path.is_dir():
-        return load_from_disk(str(path))
+    if path is None:
+        return _tokenize(rows, tokenizer, text_fields, max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # two launches with a cold cache: one tokenises and publishes by rename, the other waits and reads its result
+    with FileLock(str(path) + ".lock"):
+        if not path.is_dir():
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-write
+            _tokenize(rows, tokenizer, text_fields, max_length).save_to_disk(str(tmp))
+            os.replace(tmp, path)
+    return load_from_disk(str(path))
+
+
+def _tokenize(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, text_fields: Sequence[str], max_length: int) -> Dataset:
     texts = [[row[field] for row in rows] for field in text_fields]
     encoded = tokenizer(*texts, truncation=True, max_length=max_length)
     columns = {key: list(value) for key, value in encoded.items()}
     columns["labels"] = [row["label"] for row in rows]
     columns["idx"] = list(range(len(rows)))
     columns["length"] = [len(ids) for ids in columns["input_ids"]]
-    dataset = Dataset.from_dict(columns)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        dataset.save_to_disk(str(tmp))
-        tmp.rename(path)
-        dataset = load_from_disk(str(path))
-    return dataset
+    return Dataset.from_dict(columns)

@@ -67,6 +67,7 @@ class ADMMSparsity(Method):
     """The ADMM loop; a subclass says which projection (mask_of) and which pattern the report checks."""
 
     name = "admm"
+    resume_attributes = ("phase", "iterations", "final_prune_change", "_last_iteration_step")
 
     def __init__(
         self, rho: float, iteration_every: int | str = "epoch", masked_retrain_epochs: int = 0,

@@ -24,6 +24,18 @@ class Method:
     """Full fine-tuning: every hook is a no-op. Subclass and override hooks to build a method."""
 
     name = "finetune"
+    # Plain attributes an interrupted run needs to continue exactly (tensors belong in model buffers, which every
+    # checkpoint holds). None: the method keeps state it cannot hand over (caches, phases rebuilt at fit start), so an
+    # interrupted run of it starts over instead of resuming.
+    resume_attributes: tuple[str, ...] | None = ()
+
+    def resume_state(self) -> dict[str, Any]:
+        """Saved with every resume checkpoint."""
+        return {name: getattr(self, name) for name in self.resume_attributes or ()}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def setup(self, model: nn.Module, backbone: DictConfig) -> None:
         """Before the optimizer exists: swap layers, add parameters or buffers, freeze what is not trained."""

@@ -68,6 +68,7 @@ def top_fraction_masks(scores: dict[str, torch.Tensor], fraction: float) -> tupl
 
 class ChildTuningD(Method):
     name = "child_tuning_d"
+    resume_attributes = None  # the Fisher mask is estimated at fit start from the pretrained weights
 
     def __init__(self, reserve_p: float = 0.3, fisher_batches: int | None = None, fisher_clip_norm: float | None = 1.0):
         require(0 < float(reserve_p) <= 1,

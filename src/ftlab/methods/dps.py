@@ -115,6 +115,7 @@ class DPS(Method):
     """DPS Dense (`variant: dense`) or DPS Mix (`variant: mix`); see the module docstring for the exact rules."""
 
     name = "dps"
+    resume_attributes = None  # per-step selection statistics live on the instance
 
     def __init__(
         self,

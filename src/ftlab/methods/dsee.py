@@ -72,6 +72,7 @@ def keep_largest(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 class DSEE(Method):
     name = "dsee"
+    resume_attributes = None  # phases rebuild the optimizer mid-fit; a phase-2 resume would need it rebuilt too
 
     def __init__(
         self,

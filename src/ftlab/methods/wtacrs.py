@@ -88,6 +88,8 @@ class SampledDownLoRALayer(LoRALayer):
 class _WTACRSMethod(Method):
     """Shared by both variants: the cache, the batch indices, the saved-tensor measurement, timing and the report."""
 
+    resume_attributes = None  # the per-example gradient-norm cache is not checkpointed (it can reach GBs)
+
     def __init__(self, budget: float, min_k: int, floor: float, max_positions: int, max_cache_mb: float,
                  sample_attention: bool = True, sample_scores: bool = True, attention_norms: str = "per_head"):
         self.budget = check_budget(budget)
