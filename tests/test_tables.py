@@ -1,16 +1,25 @@
-"""Tables are a pure function of the records: a golden rendering, the aggregation rules, and byte-identical regeneration."""
+"""Tables are a pure function of the records: a golden rendering, the aggregation rules, byte-identical regeneration
+(tables, claims, plots), protocol filtering and the did-not-learn gate."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 
 from ftlab import records
-from ftlab.config import PROJECT_ROOT
+from ftlab.config import CONF_DIR, PROJECT_ROOT
 from ftlab.errors import ConfigError
+from ftlab.gates import Gate
 from ftlab.tables import aggregate, write_tables
 
 FIXTURES = Path(__file__).parent / "fixtures"
+COMMITTED_RECORDS = PROJECT_ROOT / "results" / "records"
+
+
+def accept_all(experiment, row, task, record) -> list[str]:
+    """A protocol check that counts every record: for tests of rendering alone."""
+    return []
 
 
 def fake_record(task: str, method: str, seed: int, score: float, correct: list[int], rho: float | None = None,
@@ -56,14 +65,20 @@ def test_aggregation_rules() -> None:
         aggregate([1.0], "mode")
 
 
-def test_committed_tables_regenerate_byte_identically(tmp_path: Path) -> None:
-    """`python -m ftlab.tables` on the committed records reproduces every committed results/*.md and .csv."""
-    written = write_tables(PROJECT_ROOT / "conf", PROJECT_ROOT / "results" / "records", tmp_path)
-    assert written, "no experiment declares a table"
+def test_committed_results_regenerate_byte_identically(tmp_path: Path) -> None:
+    """`python -m ftlab.tables` on the committed records reproduces every committed results/*.md and .csv, claims.md,
+    claims.csv, claims.png and the per-epoch plots, byte for byte (the PNGs carry no version or date)."""
+    from ftlab.tables import write_report
+
+    written = write_report(PROJECT_ROOT / "conf", COMMITTED_RECORDS, tmp_path)
+    names = {path.name for path in written}
+    assert {"claims.md", "claims.csv", "claims.png", "nxm_vs_asp_epochs.png", "wtacrs_cpu.md"} <= names
     for path in written:
         committed = PROJECT_ROOT / "results" / path.name
         assert committed.is_file(), f"results/{path.name} is not committed; run `python -m ftlab.tables`"
-        assert path.read_text() == committed.read_text(), f"results/{path.name} is stale; run `python -m ftlab.tables`"
+        assert path.read_bytes() == committed.read_bytes(), f"results/{path.name} is stale; run `python -m ftlab.tables`"
+    for png in (p for p in written if p.suffix == ".png"):
+        assert b"matplotlib" not in png.read_bytes(), f"{png.name} carries matplotlib's version: not reproducible"
 
 
 def test_records_from_reuses_another_experiments_runs_and_says_so() -> None:
@@ -77,7 +92,7 @@ def test_records_from_reuses_another_experiments_runs_and_says_so() -> None:
     dense = fake_record("rte", "finetune", 1, 60.0, [1, 0])
     other = fake_record("rte", "finetune", 2, 64.0, [1, 1])
     dense["experiment"], other["experiment"] = "dense", "unrelated"
-    markdown, _ = build_table(experiment, [dense, other])
+    markdown, _ = build_table(experiment, [dense, other], protocol=accept_all)
     assert "| FT | ours (n≤1) | 60.00 (n=1) |" in markdown  # the unrelated experiment's run is not counted
     assert "`dense` (results/records/dense/)" in markdown
 
@@ -96,9 +111,108 @@ def test_difference_rows_state_how_far_a_row_lands_from_its_baseline() -> None:
         "rows": [{"label": "FT", "method": "finetune"}, {"label": "NxM", "method": "nxm"}],
         "columns": [{"task": "rte", "metric": "accuracy"}, {"task": "mrpc", "metric": "f1"}],
         "differences": [{"label": "NxM − FT", "row": "NxM", "minus": "FT"}]}}
-    markdown, csv_text = build_table(OmegaConf.create(spec), recs)
+    markdown, csv_text = build_table(OmegaConf.create(spec), recs, protocol=accept_all)
     assert "| NxM − FT | ours, difference of means | -3.50 | — |" in markdown  # 58.5 − mean(60, 64); no NxM MRPC run
     assert "NxM − FT,\"ours, difference of means\",-3.50,—" in csv_text
     spec["table"]["differences"] = [{"label": "x", "row": "NxM", "minus": "Dense"}]
     with pytest.raises(ConfigError, match="no row labelled 'Dense'"):
-        build_table(OmegaConf.create(spec), recs)
+        build_table(OmegaConf.create(spec), recs, protocol=accept_all)
+
+
+# --- protocol filtering (ftlab.protocol) -------------------------------------------------------------------------
+
+
+def committed(experiment: str, prefix: str) -> list[dict]:
+    return [r for r in records.iter_records(COMMITTED_RECORDS / experiment) if r["name"].startswith(prefix)]
+
+
+def table_lines(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("| ")]
+
+
+def test_a_debug_record_changes_no_cell_and_is_named_as_excluded() -> None:
+    """A debug run (64 training rows, 1 epoch) dropped into glue_dense_cpu's folder is not the table's protocol."""
+    from ftlab.tables import build_table, experiments_with_tables
+
+    experiment = next(e for e in experiments_with_tables(CONF_DIR) if e.experiment_name == "glue_dense_cpu")
+    runs = committed("glue_dense_cpu", "rte-")
+    assert len(runs) == 3
+    debug = copy.deepcopy(runs[0])
+    debug["config"]["data"]["max_train_samples"] = 64
+    debug["config"]["train"]["epochs"] = 1
+    debug["name"], debug["config_hash"] = "rte-finetune-minilm-s9-debug", "debug"
+    debug["config"]["seed"] = 9
+    debug["metrics"]["best"]["metrics"]["dev"]["accuracy"] = 99.0   # would move the RTE cell if it counted
+    before, _ = build_table(experiment, runs)
+    after, after_csv = build_table(experiment, runs + [debug])
+    assert table_lines(after) == table_lines(before)
+    assert "57.40 ± 1.81" in after and "99.00" not in after_csv
+    assert "Excluded as off-protocol, 1 record: `glue_dense_cpu/rte-finetune-minilm-s9-debug.json` (" in after
+    assert "data.max_train_samples: protocol None, run 64" in after and "train.epochs: protocol 3, run 1" in after
+    assert "No record was excluded." in before
+
+
+def test_records_from_runs_are_checked_against_this_tables_protocol() -> None:
+    """glue_dense_cpu's RTE runs count as wtacrs_cpu's Full fine-tuning; one with another lr does not."""
+    from ftlab.tables import build_table, experiments_with_tables
+
+    experiment = next(e for e in experiments_with_tables(CONF_DIR) if e.experiment_name == "wtacrs_cpu")
+    runs = committed("glue_dense_cpu", "rte-")
+    other_lr = copy.deepcopy(runs[0])
+    other_lr["config"]["optim"]["lr"] = 1.0e-4
+    other_lr["name"], other_lr["config"]["seed"] = "rte-finetune-minilm-s4-otherlr", 4
+    markdown, _ = build_table(experiment, runs + [other_lr])
+    assert "| Full fine-tuning | ours (n≤3) | 57.40 ± 1.81 | — | — | — |" in markdown
+    assert "`glue_dense_cpu/rte-finetune-minilm-s4-otherlr.json` (optim.lr: protocol 5e-05, run 0.0001)" in markdown
+
+
+def test_protocol_differences_rules() -> None:
+    from ftlab.protocol import differences
+
+    protocol = {"seed": 1, "method": {"name": "wtacrs", "sample_scores": None, "budget": 0.3}, "train": {"epochs": 3}}
+    old = {"seed": 2, "method": {"name": "wtacrs", "budget": 0.3}, "train": {"epochs": 3}}
+    assert differences(protocol, old, {"method.sample_scores"}) == []       # predates the key, `where` says null
+    assert differences(protocol, old, set()) == ["method.sample_scores: protocol None, run lacks it"]
+    extra = copy.deepcopy(protocol) | {"threads": 2}
+    assert differences(protocol, extra, set()) == ["threads: run 2, protocol lacks it"]
+    assert differences(protocol, {**protocol, "seed": 7}, set()) == []      # seeds are the restarts a cell pools
+
+
+def test_sweep_points_take_the_records_value() -> None:
+    """A key the experiment sweeps (dsee_cpu's `variant`) takes the record's value when it is a point of the sweep."""
+    from ftlab.protocol import Protocol
+    from ftlab.tables import experiments_with_tables
+
+    experiment = next(e for e in experiments_with_tables(CONF_DIR) if e.experiment_name == "dsee_cpu")
+    lora = next(r for r in committed("dsee_cpu", "rte-") if r["config"]["variant"] == "lora")
+    rows = {row.label: row for row in experiment.table.rows}
+    protocol = Protocol(CONF_DIR)
+    assert protocol.mismatches(experiment, rows["LoRA"], "rte", lora) == []
+    assert "variant: protocol 'dsee_u70', run 'lora'" in protocol.mismatches(experiment, rows["DSEE 70%"], "rte", lora)
+
+
+# --- did-not-learn gate (ftlab.gates) ----------------------------------------------------------------------------
+
+
+def test_gate_renders_did_not_learn_and_names_the_runs() -> None:
+    from omegaconf import OmegaConf
+
+    from ftlab.tables import build_table
+
+    recs = [fake_record("rte", "finetune", 1, 54.0, [1]), fake_record("rte", "finetune", 2, 56.0, [1]),
+            fake_record("rte", "nxm", 1, 61.0, [1]), fake_record("mrpc", "nxm", 1, 10.0, [1], metric="f1")]
+    for r in recs:
+        r["experiment"] = "mine"
+    spec = {"experiment_name": "mine", "table": {
+        "name": "t", "title": "T", "ours": "o", "rule": "mean_std",
+        "rows": [{"label": "FT", "method": "finetune"}, {"label": "NxM", "method": "nxm"}],
+        "columns": [{"task": "rte", "metric": "accuracy"}, {"task": "mrpc", "metric": "f1"}]}}
+    gate = Gate({("rte", "accuracy"): (50.0, 5.0)}, "gates")
+    markdown, csv_text = build_table(OmegaConf.create(spec), recs, protocol=accept_all, gate=gate)
+    assert "| FT | ours (n≤2) | did not learn (55.00 ± 1.41) | — |" in markdown   # mean 55 does not clear 55
+    assert "| NxM | ours (n≤1) | 61.00 (n=1) | 10.00 (n=1) |" in markdown          # MRPC F1 is not gated here
+    assert "Failed: FT / RTE acc (mean 55.00 ≤ 50.00 + 5 = 55.00: `mine/rte-finetune-1-None.json`, " \
+           "`mine/rte-finetune-2-None.json`)." in markdown
+    assert "did not learn (55.00 ± 1.41)" in csv_text
+    clean, _ = build_table(OmegaConf.create(spec), recs, protocol=accept_all, gate=Gate({("rte", "accuracy"): (50.0, 4.9)}))
+    assert "| FT | ours (n≤2) | 55.00 ± 1.41 |" in clean and "No cell failed." in clean

@@ -1,9 +1,12 @@
-"""Regenerate every results/<table>.md and .csv from the run records: `python -m ftlab.tables`.
+"""Regenerate every results/<table>.md and .csv from the run records: `python -m ftlab.tables` (which also writes
+results/claims.md, .csv, .png and the per-epoch plots: ftlab.claims, ftlab.epochs_plot).
 
 A table is declared by the `table:` block of an experiment YAML (conf/experiment/*.yaml): rows (a method, optionally
-filtered by config values), columns (task, metric, split), the aggregation rule over the records of each cell, and
-the published numbers it is compared with (src/ftlab/paper/*.yaml). Output depends on the records alone, so the same
-records always give byte-identical files.
+pinned to config values by `where`), columns (task, metric, split), the aggregation rule over the records of each cell,
+and the published numbers it is compared with (src/ftlab/paper/*.yaml). A cell counts only the runs of its protocol
+(ftlab.protocol: the config the row and column would launch today); the others are named in the header as excluded.
+A cell whose runs do not clear the did-not-learn gate (ftlab.gates) says so. Output depends on the records and the
+committed config alone, so the same records always give byte-identical files.
 """
 from __future__ import annotations
 
@@ -11,14 +14,17 @@ import argparse
 import csv
 import io
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import records as records_io
 from .config import CONF_DIR, PROJECT_ROOT
 from .errors import ConfigError
+from .gates import Gate, load_gate
+from .protocol import Protocol
 
 PAPER_DIR = Path(__file__).parent / "paper"
 RULES = {
@@ -29,28 +35,67 @@ RULES = {
 METRIC_NAMES = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def record_file(record: dict[str, Any]) -> str:
+    """Where a record lives under results/records/: <experiment>/<name>.json (run records are written so)."""
+    return f"{record.get('experiment')}/{record.get('name')}.json"
 
 
-def _matches(record: dict[str, Any], row: DictConfig, column: DictConfig) -> bool:
-    config = record["config"]
-    if record.get("status") != "completed" or config["task"]["name"] != column.task:
-        return False
-    if config["method"]["name"] != row.method:
-        return False
-    return all(_lookup(config, key) == value for key, value in (row.get("where") or {}).items())
+def score(record: dict[str, Any], split: str | None, metric: str) -> float | None:
+    """A run's best-on-dev score on `split` (default: its selection split) and `metric`."""
+    best = record["metrics"].get("best") or {}
+    split = split or record["metrics"]["selection"]["split"]
+    return (best.get("metrics") or {}).get(split, {}).get(metric)
 
 
 def _score(record: dict[str, Any], column: DictConfig) -> float | None:
-    best = record["metrics"].get("best") or {}
-    split = column.get("split") or record["metrics"]["selection"]["split"]
-    return (best.get("metrics") or {}).get(split, {}).get(column.metric)
+    return score(record, column.get("split"), column.metric)
+
+
+# (experiment, row, task, record) -> the record's departures from the cell's protocol; empty = it counts
+ProtocolCheck = Callable[[DictConfig, DictConfig, str, dict[str, Any]], list[str]]
+
+
+@dataclass
+class TableRuns:
+    """The records a table counts, per (row label, task), and the ones it excluded as off-protocol, with why."""
+
+    sources: list[str]
+    considered: int                                   # records of the source experiments, any status
+    matched: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    excluded: dict[str, list[str]] = field(default_factory=dict)   # record file -> differences to its closest row
+
+    def runs(self, label: str, task: str) -> list[dict[str, Any]]:
+        return self.matched.get((label, task), [])
+
+
+def collect_runs(experiment: DictConfig, all_records: list[dict[str, Any]], protocol: ProtocolCheck) -> TableRuns:
+    """Sort the completed records of the table's experiments (its own and `records_from`) into its cells: a record
+    counts for a row and task when its method and task are the row's and the column's and `protocol` finds no
+    difference; a record that could have counted for some row (same method, a task of the table) but matches none is
+    excluded and named, never mixed in."""
+    table = experiment.table
+    sources = [experiment.experiment_name, *table.get("records_from", [])]
+    mine = [r for r in all_records if r.get("experiment") in sources]
+    runs = TableRuns(sources, len(mine))
+    tasks = {column.task for column in table.columns}
+    for record in mine:
+        config = record.get("config") or {}
+        task, method = (config.get("task") or {}).get("name"), (config.get("method") or {}).get("name")
+        if record.get("status") != "completed" or task not in tasks:
+            continue
+        reasons, counted = [], False
+        for row in table.rows:
+            if row.method != method:
+                continue
+            differences = protocol(experiment, row, task, record)
+            if differences:
+                reasons.append(differences)
+            else:
+                runs.matched.setdefault((row.label, task), []).append(record)
+                counted = True
+        if reasons and not counted:
+            runs.excluded[record_file(record)] = min(reasons, key=len)
+    return runs
 
 
 def aggregate(values: list[float], rule: str) -> str:
@@ -99,22 +144,27 @@ def load_paper(spec: DictConfig | None) -> tuple[dict[str, dict[str, float]], st
     return rows, f"{data.source}; {table.setting}"
 
 
-def build_table(experiment: DictConfig, all_records: list[dict[str, Any]]) -> tuple[str, str]:
-    """(markdown, csv) for one experiment's table."""
+def build_table(experiment: DictConfig, all_records: list[dict[str, Any]], protocol: ProtocolCheck | None = None,
+                gate: Gate | None = None) -> tuple[str, str]:
+    """(markdown, csv) for one experiment's table; `protocol` defaults to composing conf/ (ftlab.protocol), `gate` to
+    none (write_tables passes conf/report/gates.yaml's)."""
+    check = protocol or Protocol(CONF_DIR).mismatches
+    return render_table(experiment, collect_runs(experiment, all_records, check), gate or Gate())
+
+
+def render_table(experiment: DictConfig, runs: TableRuns, gate: Gate) -> tuple[str, str]:
+    """(markdown, csv) of a table from the runs it counts."""
     table = experiment.table
     rule = table.rule
     if rule not in RULES:
         raise ConfigError(f"table {table.name}: unknown rule {rule!r}; valid rules: {sorted(RULES)}")
-    # `records_from`: experiments whose runs have exactly the config a row asks for (same identity hash), reused
-    # rather than re-run; every row still filters records by method and `where`.
-    sources = [experiment.experiment_name, *table.get("records_from", [])]
-    mine = [r for r in all_records if r.get("experiment") in sources]
     paper_rows, paper_text = load_paper(table.get("paper"))
     paper_map = dict(table.paper.rows) if table.get("paper") else {}
     header = ["method", "source"] + [column_title(c) for c in table.columns]
     body: list[list[str]] = []
     agree: list[list[str]] = []
     ours: dict[str, list[list[float]]] = {}  # row label -> per column, the runs' scores (for `differences`)
+    failed: list[str] = []                   # cells that did not clear the gate, for the header
     for row in table.rows:
         paper_label = paper_map.get(row.label)
         if paper_label is not None:
@@ -123,27 +173,37 @@ def build_table(experiment: DictConfig, all_records: list[dict[str, Any]]) -> tu
         cells, counts, agree_cells = [], [], []
         ours[row.label] = []
         for column in table.columns:
-            recs = [r for r in mine if _matches(r, row, column)]
-            values = [v for v in (_score(r, column) for r in recs) if v is not None]
+            recs = runs.runs(row.label, column.task)
+            scored = [(r, v) for r, v in ((r, _score(r, column)) for r in recs) if v is not None]
+            values = [v for _, v in scored]
             ours[row.label].append(values)
-            cells.append(aggregate(values, rule))
+            cell = aggregate(values, rule)
+            if gate.fails(column.task, column.metric, values):
+                cell = f"did not learn ({cell})"
+                files = ", ".join(f"`{record_file(r)}`" for r, _ in scored)
+                failed.append(f"{row.label} / {column_title(column)} (mean {statistics.fmean(values):.2f} ≤ "
+                              f"{gate.rule(column.task, column.metric)}: {files})")
+            cells.append(cell)
             counts.append(len(values))
             agree_cells.append(agreement(recs, column))
-        runs = max(counts) if counts else 0
-        body.append([row.label, f"ours (n≤{runs})"] + cells)
+        n_runs = max(counts) if counts else 0
+        body.append([row.label, f"ours (n≤{n_runs})"] + cells)
         agree.append([row.label] + agree_cells)
     for diff in table.get("differences") or []:
         body += _difference_rows(diff, ours, paper_rows, paper_map, table.columns)
     md = io.StringIO()
     md.write(f"# {table.title}\n\n")
+    sources = runs.sources
     folders = ", ".join(f"`{name}` (results/records/{name}/)" for name in sources)
-    md.write(f"Generated by `python -m ftlab.tables` from {len(mine)} run records of experiment{'s' * (len(sources) > 1)} "
-             f"{folders}; do not edit by hand.\n\n")
+    md.write(f"Generated by `python -m ftlab.tables` from {runs.considered} run records of "
+             f"experiment{'s' * (len(sources) > 1)} {folders}; do not edit by hand.\n\n")
     md.write(f"- **ours**: {table.ours}. Cell rule: {RULES[rule]}; n = runs per cell.\n")
     if paper_text:
         md.write(f"- **paper**: {paper_text}.\n")
-    md.write("- A dash means no completed run (or no published number) for that cell.\n\n")
-    md.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+    md.write("- A dash means no completed run (or no published number) for that cell.\n")
+    md.write(_protocol_line(experiment, runs))
+    md.write(_gate_line(table, gate, failed))
+    md.write("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
     for line in body:
         md.write("| " + " | ".join(line) + " |\n")
     if table.get("agreement"):
@@ -156,6 +216,29 @@ def build_table(experiment: DictConfig, all_records: list[dict[str, Any]]) -> tu
     writer.writerow(header)
     writer.writerows(body)
     return md.getvalue(), out.getvalue()
+
+
+def _protocol_line(experiment: DictConfig, runs: TableRuns) -> str:
+    text = (f"- **protocol**: a run counts only if its run-deciding config is the one `python run.py "
+            f"experiment={experiment.experiment_name} method=<row> task=<column>` plus the row's `where` composes "
+            f"today, seed aside (ftlab.protocol; a key the run predates matches only a `where` of null). ")
+    if not runs.excluded:
+        return text + "No record was excluded.\n"
+    shown = []
+    for name, differences in sorted(runs.excluded.items()):
+        more = f"; {len(differences) - 3} more" if len(differences) > 3 else ""
+        shown.append(f"`{name}` ({'; '.join(differences[:3])}{more})")
+    return text + f"Excluded as off-protocol, {len(shown)} record{'s' * (len(shown) != 1)}: " + ", ".join(shown) + ".\n"
+
+
+def _gate_line(table: DictConfig, gate: Gate, failed: list[str]) -> str:
+    gated = [c for c in table.columns if gate.threshold(c.task, c.metric) is not None]
+    if not gated:
+        return "- **did-not-learn gate**: no column of this table is gated.\n"
+    rules = ", ".join(f"{column_title(c)} > {gate.rule(c.task, c.metric)}" for c in gated)
+    text = (f"- **did-not-learn gate**: a cell whose mean does not clear the trivial predictor's dev score + margin "
+            f"({rules}; {gate.source}) reads \"did not learn (value)\". ")
+    return text + ("No cell failed.\n" if not failed else "Failed: " + "; ".join(failed) + ".\n")
 
 
 def _difference_rows(diff: DictConfig, ours: dict[str, list[list[float]]], paper_rows: dict[str, dict[str, float]],
@@ -190,16 +273,40 @@ def experiments_with_tables(conf_dir: Path) -> list[DictConfig]:
     return found
 
 
-def write_tables(conf_dir: Path, records_dir: Path, results_dir: Path) -> list[Path]:
-    all_records = list(records_io.iter_records(records_dir))
+def experiment_runs(conf_dir: Path, all_records: list[dict[str, Any]],
+                    protocol: ProtocolCheck) -> dict[str, tuple[DictConfig, TableRuns]]:
+    """experiment_name -> (experiment, the runs its table counts), for every experiment that declares a table."""
+    return {e.experiment_name: (e, collect_runs(e, all_records, protocol)) for e in experiments_with_tables(conf_dir)}
+
+
+def write_tables(conf_dir: Path, records_dir: Path, results_dir: Path,
+                 tables: dict[str, tuple[DictConfig, TableRuns]] | None = None, gate: Gate | None = None) -> list[Path]:
+    """Every table's .md and .csv; the protocol is composed from `conf_dir`, the gate read from its report/gates.yaml."""
+    if tables is None:
+        tables = experiment_runs(conf_dir, list(records_io.iter_records(records_dir)), Protocol(conf_dir).mismatches)
+    gate = gate or load_gate(conf_dir / "report" / "gates.yaml")
     written = []
-    for experiment in experiments_with_tables(conf_dir):
-        md, table_csv = build_table(experiment, all_records)
+    for experiment, runs in tables.values():
+        md, table_csv = render_table(experiment, runs, gate)
         for suffix, text in ((".md", md), (".csv", table_csv)):
             path = results_dir / f"{experiment.table.name}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             written.append(path)
+    return written
+
+
+def write_report(conf_dir: Path, records_dir: Path, results_dir: Path) -> list[Path]:
+    """What `python -m ftlab.tables` writes: every table, then claims.md/.csv/.png and the per-epoch plots, all from
+    the same protocol-matching runs and the same gate."""
+    from .claims import write_claims
+    from .epochs_plot import write_epoch_plots
+
+    tables = experiment_runs(conf_dir, list(records_io.iter_records(records_dir)), Protocol(conf_dir).mismatches)
+    gate = load_gate(conf_dir / "report" / "gates.yaml")
+    written = write_tables(conf_dir, records_dir, results_dir, tables, gate)
+    written += write_claims(conf_dir / "claims", tables, gate, results_dir)
+    written += write_epoch_plots(conf_dir / "report" / "epochs.yaml", tables, gate, results_dir)
     return written
 
 
@@ -209,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=Path, default=PROJECT_ROOT / "results" / "records")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
     args = parser.parse_args(argv)
-    for path in write_tables(args.conf, args.records, args.results):
+    for path in write_report(args.conf, args.records, args.results):
         print(path.relative_to(args.results.parent) if path.is_relative_to(args.results.parent) else path)
 
 
