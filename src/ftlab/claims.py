@@ -294,8 +294,8 @@ def render_csv(outcomes: list[Outcome]) -> str:
     writer.writerow(CSV_FIELDS)
     for o in outcomes:
         c = o.claim
+        numbers = ["" if v is None else f"{v:.4f}" for v in (o.a_value, o.b_value, o.estimate, o.low, o.high)]
         writer.writerow([c.id, c.paper, c.file, c.table, c.a, c.b, c.relation,
                          "" if c.parameter is None else f"{c.parameter:g}", o.task, o.metric, o.split or "", o.n_a,
-                         o.n_b] + ["" if v is None else f"{v:.4f}" for v in (o.a_value, o.b_value, o.estimate, o.low, o.high)]
-                        + [INTERVAL_METHOD[c.relation], o.verdict])
+                         o.n_b, *numbers, INTERVAL_METHOD[c.relation], o.verdict])
     return out.getvalue()

@@ -1,9 +1,10 @@
 """Does a run record belong to a table's protocol? `python -m ftlab.tables` asks this of every record it might count.
 
 A table row declares runs of its experiment: `python run.py experiment=<e> method=<row.method> task=<column.task>`
-plus the row's `where` values. The protocol of a cell is that config (with the record's seed), composed here with Hydra's compose API from the
-same conf/ folder run.py reads, reduced to its run-deciding part (`ftlab.config.identity_of`). A record counts in the
-cell only if `identity_of(record["config"])` equals it, ignoring `seed` alone (seeds are the restarts a cell pools).
+plus the row's `where` values. The protocol of a cell is that config (with the record's seed), composed here with
+Hydra's compose API from the same conf/ folder run.py reads, reduced to its run-deciding part
+(`ftlab.config.identity_of`). A record counts in the cell only if `identity_of(record["config"])` equals it, ignoring
+`seed` alone (seeds are the restarts a cell pools).
 
 Rules, decided here and stated in every table's header:
 
@@ -46,7 +47,8 @@ def _override_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_override_value(v) for v in value) + "]"
     text = str(value)
-    return text if text.replace("_", "").replace("-", "").replace(".", "").isalnum() else "'" + text.replace("'", "\\'") + "'"
+    plain = text.replace("_", "").replace("-", "").replace(".", "").isalnum()
+    return text if plain else "'" + text.replace("'", "\\'") + "'"
 
 
 def lookup(config: dict[str, Any], dotted: str) -> tuple[bool, Any]:
@@ -89,7 +91,10 @@ def sweep_points(experiment: DictConfig) -> dict[str, list[tuple[str, Any]]]:
         if key.lstrip("+~") in ROW_AND_COLUMN_KEYS:
             continue
         override = parser.parse_overrides([f"{key}={spec}"])[0]
-        texts = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        if override.is_sweep_override():
+            texts = list(override.sweep_string_iterator())
+        else:
+            texts = [override.get_value_element_as_str()]
         # typed, so that a record's 0.01 finds the sweep's "1e-2"
         out[key.lstrip("+~")] = [(text, parser.parse_override(f"k={text}").value()) for text in texts]
     return out
