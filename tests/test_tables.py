@@ -216,3 +216,14 @@ def test_gate_renders_did_not_learn_and_names_the_runs() -> None:
     assert "did not learn (55.00 ± 1.41)" in csv_text
     clean, _ = build_table(OmegaConf.create(spec), recs, protocol=accept_all, gate=Gate({("rte", "accuracy"): (50.0, 4.9)}))
     assert "| FT | ours (n≤2) | 55.00 ± 1.41 |" in clean and "No cell failed." in clean
+
+
+def test_protocol_composes_inside_a_callers_hydra_and_gives_it_back() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from ftlab.protocol import Protocol
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        protocol = Protocol(CONF_DIR).compose("glue_dense_cpu", ["method=finetune", "task=rte", "seed=1"])
+        assert compose("config", overrides=["task=mrpc"]).task.name == "mrpc"   # the caller's Hydra still works
+    assert protocol["optim"]["lr"] == 5.0e-5 and "paths" not in protocol and "table" not in protocol

@@ -125,7 +125,8 @@ class Protocol:
         saved = copy.deepcopy(GlobalHydra.instance()) if GlobalHydra.instance().is_initialized() else None
         GlobalHydra.instance().clear()
         try:
-            with initialize_config_dir(config_dir=str(self.conf_dir), version_base=None):
+            # the version base run.py composes with, so the protocol is the config run.py would run
+            with initialize_config_dir(config_dir=str(self.conf_dir), version_base="1.3"):
                 return compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
         except Exception as err:  # Hydra raises several types; the user needs the cell that failed
             raise ConfigError(f"cannot compose the protocol of experiment {experiment} with {overrides}: {err}") from err
