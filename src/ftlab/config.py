@@ -45,6 +45,7 @@ def register_resolvers() -> None:
 NOT_RUN_DECIDING = ("paths", "logger", "hydra", "experiment_name", "grid", "table", "resume")
 UI_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
 NOT_RUN_DECIDING_TRAIN = ("save_checkpoints",)
+NOT_RUN_DECIDING_METHOD = ("save_model",)  # whether the sparse model is also written to disk
 
 
 def identity_config(cfg: DictConfig) -> dict:
@@ -58,6 +59,8 @@ def identity_of(config: dict) -> dict:
     identity["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k not in UI_TRAINER_KEYS}
     if isinstance(config.get("train"), dict):
         identity["train"] = {k: v for k, v in config["train"].items() if k not in NOT_RUN_DECIDING_TRAIN}
+    if isinstance(config.get("method"), dict):
+        identity["method"] = {k: v for k, v in config["method"].items() if k not in NOT_RUN_DECIDING_METHOD}
     return identity
 
 

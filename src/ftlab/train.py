@@ -27,6 +27,7 @@ from .errors import ConfigError, FtlabError
 from .methods.base import Method
 from .module import FineTuneModule
 from .run_lock import RunLock
+from .validation import validate_data_files, validate_run_config
 
 log = logging.getLogger("ftlab")
 
@@ -172,6 +173,8 @@ def run_paths(cfg: DictConfig) -> tuple[str, Path, dict[str, Any]]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; returns its record. A completed record for the same config and data is
     reused; an interrupted one resumes from its last epoch; a concurrent launch of the same run raises RunLocked."""
+    validate_run_config(cfg)  # types, ranges and data files, before any model, record or lock
+    validate_data_files(cfg)
     name, path, identity = run_paths(cfg)
     with RunLock(path):
         try:
@@ -278,7 +281,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     start = time.perf_counter()
     if ckpt_path is not None:
         log.info("resuming %s from %s", name, ckpt_path)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)  # our own file: RNG state is numpy
     fit_seconds = time.perf_counter() - start
     if not module.history and not generation:  # generation may decode once at the end instead
         raise FtlabError(
