@@ -322,3 +322,12 @@ def test_paper_grid_points_resolve_per_method_and_task_and_repeat_points_share_o
     assert point("method=finetune", "task=rte", "grid.rho_index=2")[1] == point("method=finetune", "task=rte")[1]
     assert point("method=nxm", "task=rte", "grid.rho_index=2")[1] != point("method=nxm", "task=rte")[1]
     assert compose_config(["method=nxm"]).method.rho == 3e-3  # a plain run: the method's default
+
+
+def test_admm_iterations_spread_a_count_of_iterations_evenly(run_tiny: Any) -> None:
+    """The paper's schedule is ~10 iterations whatever the task size: `admm_iterations` sets the count, not the period."""
+    record = run_tiny("task=rte", "method=admm_unstructured", "train.epochs=3", "data.max_train_samples=96",
+                      "method.admm_iterations=4")  # 6 steps an epoch, 18 in all: every 4 steps
+    admm = record["method_report"]["admm"]
+    assert admm["iteration_every"] == 4 and [i["step"] for i in admm["iterations"]] == [4, 8, 12, 16]
+    assert record["cost"]["optimizer_steps"] == 18

@@ -33,6 +33,7 @@ METHOD_RANGES: dict[str, Bound] = {
     "ur": Bound(between(0, 1, lo_open=True, hi_open=True), "each DPS phase lasts int(total_steps * ur) steps"),
     # strengths and scales
     "rho": Bound(gt(0), "the ADMM penalty weight"),
+    "admm_iterations": Bound(ge(1), "ADMM iterations spread over the ADMM epochs"),
     "eps": Bound(gt(0), "DPS divides grad^2 by it"),
     "sigma": Bound(ge(0), "the noise scale"),
     "lam": Bound(ge(0), "the KL weight"),
