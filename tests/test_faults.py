@@ -16,6 +16,7 @@ import pytest
 from ftlab import records
 from ftlab.errors import FtlabError
 from ftlab.run_lock import RunLock, RunLocked, state_of
+from ftlab.status import folder_status
 from ftlab.train import run, run_paths
 
 from conftest import DATA_DIR, compose_config, tiny_overrides
@@ -169,6 +170,8 @@ def test_kill_9_leaves_a_stale_record_reported_interrupted_and_resumed(tmp_path:
     proc.wait()
     path, record = _record(tmp_path, *SLOW)
     assert record["status"] == "running" and state_of(record, path) == "interrupted"  # no lock holder
+    counts, notes = folder_status(tmp_path / "records")
+    assert counts == {"interrupted": 1} and "no process holds its lock" in notes[0]
     again = _launch(tmp_path, *SLOW)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out[-2000:]
