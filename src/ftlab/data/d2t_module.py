@@ -22,6 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..errors import ConfigError, DataError
 from .d2t_readers import D2TRow, read_d2t_split
+from .shuffle import ResumableShuffle
 
 
 @dataclass
@@ -134,7 +135,7 @@ class PromptCollator:
         return {"input_ids": ids, "attention_mask": mask, "idx": torch.tensor([i for i, _ in features])}
 
 
-class GenerationDataModule(pl.LightningDataModule):
+class GenerationDataModule(ResumableShuffle, pl.LightningDataModule):
     """Training sequences for `train`, EvalSets for `task.eval_splits` (every validation) and `task.test_splits`."""
 
     def __init__(
@@ -149,15 +150,7 @@ class GenerationDataModule(pl.LightningDataModule):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else special_ids(tokenizer)[1]
         self.train_rows: list[dict[str, list[int]]] | None = None
         self.eval_sets: dict[str, EvalSet] = {}
-        # the shuffling stream, kept so a resumed run draws the epochs' orders an uninterrupted one would
-        self.train_generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"train_generator": self.train_generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "train_generator" in state:
-            self.train_generator.set_state(state["train_generator"])
+        self.seed_shuffle(seed)
 
     @property
     def eval_splits(self) -> list[str]:

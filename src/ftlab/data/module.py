@@ -14,6 +14,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..errors import ConfigError
 from .glue import read_hub_split, read_local_split
+from .shuffle import ResumableShuffle
 from .tokenize import tokenize_rows
 
 
@@ -41,7 +42,7 @@ def _subset(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset.shuffle(seed=0).select(range(limit))
 
 
-class TaskDataModule(pl.LightningDataModule):
+class TaskDataModule(ResumableShuffle, pl.LightningDataModule):
     def __init__(
         self,
         task: DictConfig,
@@ -60,15 +61,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
         self.collate = IndexedCollator(tokenizer, data.pad_to_multiple_of)
         self.splits: dict[str, Dataset] = {}
-        # the shuffling stream, kept so a resumed run draws the epochs' orders an uninterrupted one would
-        self.train_generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"train_generator": self.train_generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "train_generator" in state:
-            self.train_generator.set_state(state["train_generator"])
+        self.seed_shuffle(seed)
 
     @property
     def eval_splits(self) -> list[str]:
