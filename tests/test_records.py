@@ -132,3 +132,29 @@ def test_identity_ignores_table_text_and_is_recomputable_from_a_record() -> None
     stored = OmegaConf.to_container(cfg, resolve=True)
     stored.pop("paths")  # what a record keeps (train._portable_config)
     assert identity_of(stored) == identity_config(cfg)
+
+
+def test_migration_rekeys_an_old_record_to_the_name_a_launch_computes_today(tmp_path: Path) -> None:
+    """Records from before the data fingerprint: `ftlab.migrate` gives each the name a launch of its config finds."""
+    from omegaconf import OmegaConf
+
+    from ftlab.config import identity_of
+    from ftlab.migrate import migrate_folder
+    from ftlab.train import run_paths
+
+    cfg = compose_config(tiny_overrides(tmp_path, "task=rte", "seed=7"))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("paths")
+    old_name = records.record_name(identity_of(config))  # the old identity: the config alone
+    old = {"name": old_name, "config_hash": records.config_hash(identity_of(config)), "status": "completed",
+           "config": config, "metrics": {"best": None}}
+    records.write_atomic(tmp_path / "records" / f"{old_name}.json", old)
+    (moved,) = migrate_folder(tmp_path / "records", DATA_DIR, tmp_path / "cache")
+    name, path, identity = run_paths(cfg)
+    assert moved == (tmp_path / "records" / f"{old_name}.json", path) and name != old_name
+    new = records.read(path)
+    assert new["data_files"] == identity["data_files"] and new["config_hash"] == records.config_hash(identity)
+    assert {k: v for k, v in new.items() if k not in ("name", "config_hash", "data_files")} == \
+        {k: v for k, v in old.items() if k not in ("name", "config_hash")}
+    assert migrate_folder(tmp_path / "records", DATA_DIR, tmp_path / "cache") == []  # idempotent
+    assert "started" not in run(cfg)  # the launch found the migrated record and reused it: nothing re-ran
