@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float | None:
     from ftlab.errors import FtlabError
     from ftlab.records import best_score
     from ftlab.run_lock import RunLocked
-    from ftlab.sweep import write_outcome
+    from ftlab.sweep import record_outcome, summary_lines, write_outcome
     from ftlab.train import Interrupted, run
 
     hydra_cfg = HydraConfig.get()
@@ -41,9 +41,12 @@ def main(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
 
     def outcome(status: str, **extra: object) -> None:
+        entry = {"status": status, "overrides": overrides, "seconds": time.perf_counter() - started, **extra}
         if multirun:
-            write_outcome(hydra_cfg.sweep.dir, job,
-                          {"status": status, "overrides": overrides, "seconds": time.perf_counter() - started, **extra})
+            write_outcome(hydra_cfg.sweep.dir, job, entry)
+        else:  # one run: the same one-line table a multirun ends with
+            for line in summary_lines([{"job": job, **entry}]):
+                log.info(line)
 
     try:
         record = run(cfg)
@@ -64,7 +67,7 @@ def main(cfg: DictConfig) -> float | None:
             raise SystemExit(1) from err
         raise
     value = best_score(record)
-    outcome(record.get("status", "?"), name=record["name"], best=value)
+    outcome(**record_outcome(record))
     split, metric = cfg.task.selection.split, cfg.task.selection.metric
     log.info("best %s/%s = %s (record %s)", split, metric, value, record["name"])
     return value

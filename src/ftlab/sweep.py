@@ -35,12 +35,26 @@ def read_outcomes(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return found
 
 
+def record_outcome(record: dict[str, Any]) -> dict[str, Any]:
+    """What the summary shows of a run record: status, name, its selection metric's best value, fit time."""
+    from .records import best_score
+
+    selection = (record.get("metrics") or {}).get("selection") or {}
+    metric = f"{selection['split']}/{selection['metric']}" if selection.get("split") else None
+    seconds = (record.get("cost") or {}).get("fit_seconds")
+    return {"status": record.get("status", "?"), "name": record.get("name"), "best": best_score(record),
+            "metric": metric, **({"fit_seconds": seconds} if seconds is not None else {})}
+
+
 def summary_lines(outcomes: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'job':>4}  {'status':<11} {'best':>8}  {'min':>6}  run"]
+    """One table: job, status, best value of the selection metric (and which), minutes, record name (or overrides)."""
+    lines = [f"{'job':>4}  {'status':<11} {'metric':<16} {'best':>8}  {'min':>6}  run"]
     for o in outcomes:
         best = "—" if o.get("best") is None else f"{o['best']:.2f}"
-        minutes = "—" if o.get("seconds") is None else f"{o['seconds'] / 60:.1f}"
-        lines.append(f"{o['job']:>4}  {o.get('status', '?'):<11} {best:>8}  {minutes:>6}  {o.get('name') or o.get('overrides', '')}")
+        seconds = o.get("fit_seconds", o.get("seconds"))  # the record's fit time; the job's wall time without one
+        minutes = "—" if seconds is None else f"{seconds / 60:.1f}"
+        lines.append(f"{o['job']:>4}  {o.get('status', '?'):<11} {o.get('metric') or '—':<16} {best:>8}  {minutes:>6}  "
+                     f"{o.get('name') or o.get('overrides', '')}")
     failed = [o for o in outcomes if o.get("status") in ("failed", "interrupted", "unknown")]
     for o in failed:
         lines.append(f"job {o['job']} {o.get('status')}: {o.get('error', '')} ({o.get('overrides', '')})")

@@ -6,7 +6,6 @@ import os
 import platform
 import resource
 import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -26,6 +25,7 @@ from .data.module import TaskDataModule
 from .errors import ConfigError, FtlabError
 from .methods.base import Method
 from .module import FineTuneModule
+from .progress import progress_callbacks
 from .run_lock import RunLock
 from .validation import validate_data_files, validate_run_config
 
@@ -268,11 +268,16 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     if ckpt_path is not None and method.resume_attributes is None:
         log.warning("%s cannot resume mid-run (its state is not checkpointed): starting %s over", method.name, name)
         ckpt_path = None
-    if cfg.trainer.enable_progress_bar and sys.stderr.isatty():
-        callbacks.append(pl.callbacks.RichProgressBar())
+    shown = progress_callbacks(bool(cfg.trainer.enable_progress_bar), (cfg.get("ui") or {}).get("log_every_s", 30),
+                               f"{split}/{metric}", name)
+    callbacks.extend(shown)
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # a bar only on a terminal (ftlab.progress); Lightning would otherwise add its own, which a log file shows as one
+    # final frame
+    trainer_kwargs["enable_progress_bar"] = any(isinstance(c, pl.callbacks.ProgressBar) for c in shown)
     trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True), max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
+        **trainer_kwargs, max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
         accumulate_grad_batches=cfg.train.accumulate_grad_batches, callbacks=callbacks, logger=logger,
         default_root_dir=str(run_dir),
         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks),
