@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import records
+from . import quiet, records
 from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
 from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, resume_point
 from .config import PROJECT_ROOT, portable_path, run_identity
@@ -173,6 +173,7 @@ def run_paths(cfg: DictConfig) -> tuple[str, Path, dict[str, Any]]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; returns its record. A completed record for the same config and data is
     reused; an interrupted one resumes from its last epoch; a concurrent launch of the same run raises RunLocked."""
+    quiet.install(verbose=quiet.verbose_requested((cfg.get("ui") or {}).get("verbose")))
     validate_run_config(cfg)  # types, ranges and data files, before any model, record or lock
     validate_data_files(cfg)
     name, path, identity = run_paths(cfg)
