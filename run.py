@@ -73,7 +73,24 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
+def _refuse_trainer_owned(argv: list[str]) -> None:
+    """`trainer.max_epochs=1` would fail inside Hydra ("not in struct", suggesting `+trainer.max_epochs=1`, which then
+    collides with ftlab's own argument): name the key to use instead, before Hydra composes anything."""
+    from ftlab.validation.run_config import TRAINER_OWNED
+
+    instead = {"max_epochs": "train.epochs", "max_steps": "train.max_steps"}
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        name = key[len("trainer."):] if key.startswith("trainer.") else ""
+        if name in TRAINER_OWNED:
+            example = f"; e.g. {instead[name]}={value}" if name in instead and value else ""
+            print(f"ftlab: {arg} is refused: {key} is set by ftlab, not by trainer.*: {TRAINER_OWNED[name]}{example}",
+                  file=sys.stderr)
+            sys.exit(2)
+
+
 if __name__ == "__main__":
+    _refuse_trainer_owned(sys.argv[1:])
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main()

@@ -59,3 +59,10 @@ def test_ui_keys_decide_nothing_about_a_run() -> None:
     names = {records.record_name(identity_config(compose_config(["task=rte", *extra])))
              for extra in ([], ["ui.log_every_s=5"], ["trainer.enable_progress_bar=false"])}
     assert len(names) == 1
+
+
+def test_trainer_max_epochs_is_refused_naming_train_epochs() -> None:
+    for arg, key in (("trainer.max_epochs=1", "train.epochs=1"), ("+trainer.max_steps=5", "train.max_steps=5")):
+        done = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=rte", arg], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and f"e.g. {key}" in done.stderr, done.stderr[-2000:]
