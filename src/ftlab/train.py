@@ -47,6 +47,14 @@ class ThroughputMeter(pl.Callback):
         self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: a SLURM job's or a container's share (its affinity), not the node's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def build_method(cfg: DictConfig) -> Method:
     spec = OmegaConf.to_container(cfg.method, resolve=True)
     spec.pop("name", None)
@@ -234,7 +242,7 @@ def _run_locked(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any]
 
 
 def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, progress: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or available_cpus())
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir) / name
     tokenizer = load_tokenizer(cfg.backbone)
