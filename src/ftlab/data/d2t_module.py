@@ -182,7 +182,7 @@ class GenerationDataModule(ResumableShuffle, pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rows = self.train_data()
-        generator = self.train_generator
+        generator = self.train_generator()
         if self.data.group_by_length:
             sampler = LengthGroupedSampler(self.batch_size, lengths=[len(r["input_ids"]) for r in rows], generator=generator)
         else:

@@ -83,7 +83,7 @@ class TaskDataModule(ResumableShuffle, pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.load_split("train")
-        generator = self.train_generator
+        generator = self.train_generator()
         if self.data.group_by_length:
             sampler = LengthGroupedSampler(self.batch_size, lengths=dataset["length"], generator=generator)
         else:
