@@ -29,6 +29,12 @@ class Method:
     # interrupted run of it starts over instead of resuming.
     resume_attributes: tuple[str, ...] | None = ()
 
+    @classmethod
+    def check_run(cls, method: dict[str, Any], train: dict[str, Any]) -> None:
+        """Before anything loads (ftlab.validation.validate_run_config): raise ftlab.errors.ConfigError when the
+        method's resolved keys `method` cannot work with the run's `train` keys (e.g. DSEE phases that leave no
+        recovery epochs). Default: nothing to check."""
+
     def resume_state(self) -> dict[str, Any]:
         """Saved with every resume checkpoint."""
         return {name: getattr(self, name) for name in self.resume_attributes or ()}

@@ -70,6 +70,16 @@ def keep_largest(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
+def no_recovery_error(phase1_epochs: Any, epochs: Any) -> ConfigError:
+    """The one message for DSEE phases that leave no recovery epochs (from validation, before anything loads, and from
+    the fit itself)."""
+    return ConfigError(
+        f"dsee: phase 1 takes method.phase1_epochs={phase1_epochs} epochs, so train.epochs="
+        f"{epochs} leaves none for recovery after pruning; set train.epochs to phase 1 + recovery "
+        f"(paper RTE: train.epochs=15 with method.phase1_epochs=5), or method.prune=none"
+    )
+
+
 class DSEE(Method):
     name = "dsee"
     resume_attributes = None  # phases rebuild the optimizer mid-fit; a phase-2 resume would need it rebuilt too
@@ -131,6 +141,14 @@ class DSEE(Method):
         self.removed_heads: dict[int, list[int]] = {}
         self.facts: dict[str, Any] = {}
 
+    @classmethod
+    def check_run(cls, method: dict[str, Any], train: dict[str, Any]) -> None:
+        """Pruning needs recovery epochs after phase 1: fail before the model loads, with the fit's own message. A run
+        bounded by train.max_steps (epochs -1) is checked when the fit knows its epochs."""
+        prune, phase1, epochs = method.get("prune", "unstructured"), method.get("phase1_epochs", 5), train.get("epochs")
+        if prune != "none" and isinstance(epochs, int) and epochs >= 1 and isinstance(phase1, int) and epochs <= phase1:
+            raise no_recovery_error(phase1, epochs)
+
     # -- setup -----------------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, backbone: DictConfig) -> None:
         self.backbone = backbone
@@ -155,11 +173,7 @@ class DSEE(Method):
             return steps_left
         trainer = module.trainer
         if trainer.max_epochs is None or trainer.max_epochs <= self.phase1_epochs:
-            raise ConfigError(
-                f"dsee: phase 1 takes method.phase1_epochs={self.phase1_epochs} epochs, so train.epochs="
-                f"{trainer.max_epochs} leaves none for recovery after pruning; set train.epochs to phase 1 + recovery "
-                f"(paper RTE: train.epochs=15 with method.phase1_epochs=5), or method.prune=none"
-            )
+            raise no_recovery_error(self.phase1_epochs, trainer.max_epochs)
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         return min(steps_left, per_epoch * self.phase1_epochs)
 

@@ -177,6 +177,8 @@ def _check_method(cfg: DictConfig) -> None:
     cls = method_class(cfg)
     values, origins = _node_values(cfg, "method")
     check_against("method", values, cls, METHOD_RANGES, origins, f"{cls.__module__}.{cls.__name__}")
+    train = resolved(cfg, "train")
+    cls.check_run(values, train if isinstance(train, dict) else {})  # cross-key rules of the method (DSEE's phases)
 
 
 def validate_run_config(cfg: DictConfig) -> None:
