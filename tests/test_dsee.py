@@ -253,12 +253,16 @@ def test_tiny_run_unpruned_dsee_and_merge(run_tiny):
 def test_experiment_variants_compose_into_valid_methods(experiment):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         sweep = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    variants = list(sweep.get("variants") or [None])
+    # a variant is `variant` (the paper tables) or `grid.variant` (dsee_cpu: grid is not run-deciding)
+    key = "grid.variant" if OmegaConf.select(sweep, "grid.variants") else "variant"
+    declared = OmegaConf.select(sweep, "grid.variants") or sweep.get("variants")
+    variants = list(declared or [None])
     tasks = str(sweep.hydra.sweeper.params.task).split(",")
-    if sweep.get("variants"):  # every declared variant is swept
+    if declared and key == "variant":  # every declared variant is swept (dsee_cpu sweeps its priority-1 rows)
         assert set(variants) == set(str(sweep.hydra.sweeper.params.variant).split(","))
     for variant in variants:
-        overrides = [f"experiment={experiment}", f"task={tasks[0]}"] + ([f"variant={variant}"] if variant else [])
+        overrides = [f"experiment={experiment}", f"task={tasks[0]}", "method=dsee"] + \
+            ([f"{key}={variant}"] if variant else [])
         cfg = compose_config(overrides)
         spec = OmegaConf.to_container(cfg.method, resolve=True)
         spec.pop("name")

@@ -179,16 +179,24 @@ def test_protocol_differences_rules() -> None:
 
 
 def test_sweep_points_take_the_records_value() -> None:
-    """A key the experiment sweeps (dsee_cpu's `variant`) takes the record's value when it is a point of the sweep."""
-    from ftlab.protocol import Protocol
+    """A row pinned to a swept key (dsee_cpu's `grid.variant`) counts a record only if the variant's values compose
+    into its config: a LoRA run is the LoRA row's, not DSEE 70%'s (the difference is named by its method keys)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from ftlab.protocol import Protocol, sweep_points
     from ftlab.tables import experiments_with_tables
 
     experiment = next(e for e in experiments_with_tables(CONF_DIR) if e.experiment_name == "dsee_cpu")
-    lora = next(r for r in committed("dsee_cpu", "rte-") if r["config"]["variant"] == "lora")
+    assert "grid.variant" in sweep_points(experiment)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        launched = compose("config", overrides=["experiment=dsee_cpu", "method=dsee", "task=rte", "seed=3",
+                                                "grid.variant=lora"])
+    lora = {"config": OmegaConf.to_container(launched, resolve=True)}
     rows = {row.label: row for row in experiment.table.rows}
     protocol = Protocol(CONF_DIR)
-    assert protocol.mismatches(experiment, rows["LoRA"], "rte", lora) == []
-    assert "variant: protocol 'dsee_u70', run 'lora'" in protocol.mismatches(experiment, rows["DSEE 70%"], "rte", lora)
+    assert protocol.mismatches(experiment, rows["LoRA (dW_l, r=16)"], "rte", lora) == []
+    assert "method.num_sparse: protocol 16, run 0" in protocol.mismatches(experiment, rows["DSEE 70%"], "rte", lora)
 
 
 # --- did-not-learn gate (ftlab.gates) ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Rules, decided here and stated in every table's header:
   does. Any other missing key is a mismatch: the old run cannot be shown to have had today's value.
 * A key the record has and the protocol lacks (removed since, or added on the command line) is a mismatch.
 * Keys the experiment sweeps (`hydra.sweeper.params`) other than method, task and seed take the record's own value
-  when that value is one of the sweep's points (dsee_cpu's `variant`, a paper table's grid indices): every point of
+  when that value is one of the sweep's points (a calibration's `optim.lr`, a paper table's grid indices): every point of
   the declared sweep is a run of the experiment; a value outside the sweep is not.
 * `records_from` experiments' records are checked against THIS table's protocol: another experiment's run counts
   only if it is exactly the run this table would have launched.

@@ -1,5 +1,6 @@
 """Regenerate every results/<table>.md and .csv from the run records: `python -m ftlab.tables` (which also writes
-results/claims.md, .csv, .png and the per-epoch plots: ftlab.claims, ftlab.epochs_plot).
+results/claims.md, .csv, .png, the per-epoch plots and the figures of conf/report/figures.yaml: ftlab.claims,
+ftlab.epochs_plot, ftlab.report_figures).
 
 A table is declared by the `table:` block of an experiment YAML (conf/experiment/*.yaml): rows (a method, optionally
 pinned to config values by `where`), columns (task, metric, split), the aggregation rule over the records of each cell,
@@ -134,14 +135,28 @@ def column_title(column: DictConfig) -> str:
     return f"{key.upper().replace('_', '-')} {METRIC_NAMES.get(column.metric, column.metric)}"
 
 
-def load_paper(spec: DictConfig | None) -> tuple[dict[str, dict[str, float]], str]:
-    """(paper row label -> {column key -> value}, description) for the table's `paper:` block."""
+def load_paper(spec: DictConfig | None) -> tuple[dict[str, dict[str, Any]], str]:
+    """(our row label -> {column key -> published value}, description) for the table's `paper:` block.
+
+    `paper.rows` maps a row label to a row of `paper.table`, or to `{table: <another table of the file>, row: <label>}`
+    when one of our tables gathers rows the paper spreads over several (dsee_cpu: Tables 1, 3 and 7); the description
+    names every paper table used."""
     if not spec:
         return {}, ""
     data = OmegaConf.load(PAPER_DIR / spec.file)
-    table = data.tables[spec.table]
-    rows = OmegaConf.to_container(table.rows) if table.get("rows") else {}
-    return rows, f"{data.source}; {table.setting}"
+    used: list[str] = [spec.table]
+    numbers: dict[str, dict[str, Any]] = {}
+    for label, target in (spec.get("rows") or {}).items():
+        table_name, row = (target.table, target.row) if isinstance(target, DictConfig) else (spec.table, target)
+        if table_name not in data.tables:
+            raise ConfigError(f"paper row {label!r}: {spec.file} has no table {table_name!r}; tables: "
+                              f"{sorted(data.tables)}")
+        if table_name not in used:
+            used.append(table_name)
+        rows = data.tables[table_name].get("rows") or {}
+        numbers[label] = OmegaConf.to_container(rows[row]) if row in rows else {}
+    settings = "; ".join(data.tables[name].setting for name in used)
+    return numbers, f"{data.source}; {settings}"
 
 
 def build_table(experiment: DictConfig, all_records: list[dict[str, Any]], protocol: ProtocolCheck | None = None,
@@ -159,16 +174,14 @@ def render_table(experiment: DictConfig, runs: TableRuns, gate: Gate) -> tuple[s
     if rule not in RULES:
         raise ConfigError(f"table {table.name}: unknown rule {rule!r}; valid rules: {sorted(RULES)}")
     paper_rows, paper_text = load_paper(table.get("paper"))
-    paper_map = dict(table.paper.rows) if table.get("paper") else {}
     header = ["method", "source"] + [column_title(c) for c in table.columns]
     body: list[list[str]] = []
     agree: list[list[str]] = []
     ours: dict[str, list[list[float]]] = {}  # row label -> per column, the runs' scores (for `differences`)
     failed: list[str] = []                   # cells that did not clear the gate, for the header
     for row in table.rows:
-        paper_label = paper_map.get(row.label)
-        if paper_label is not None:
-            numbers = paper_rows.get(paper_label, {})
+        if row.label in paper_rows:
+            numbers = paper_rows[row.label]
             body.append([row.label, "paper"] + [_paper_value(numbers, c) for c in table.columns])
         cells, counts, agree_cells = [], [], []
         ours[row.label] = []
@@ -190,7 +203,7 @@ def render_table(experiment: DictConfig, runs: TableRuns, gate: Gate) -> tuple[s
         body.append([row.label, f"ours (n≤{n_runs})"] + cells)
         agree.append([row.label] + agree_cells)
     for diff in table.get("differences") or []:
-        body += _difference_rows(diff, ours, paper_rows, paper_map, table.columns)
+        body += _difference_rows(diff, ours, paper_rows, table.columns)
     md = io.StringIO()
     md.write(f"# {table.title}\n\n")
     sources = runs.sources
@@ -241,8 +254,8 @@ def _gate_line(table: DictConfig, gate: Gate, failed: list[str]) -> str:
     return text + ("No cell failed.\n" if not failed else "Failed: " + "; ".join(failed) + ".\n")
 
 
-def _difference_rows(diff: DictConfig, ours: dict[str, list[list[float]]], paper_rows: dict[str, dict[str, float]],
-                     paper_map: dict[str, str], columns: Any) -> list[list[str]]:
+def _difference_rows(diff: DictConfig, ours: dict[str, list[list[float]]], paper_rows: dict[str, dict[str, Any]],
+                     columns: Any) -> list[list[str]]:
     """`{label, row, minus}`: per column, mean of `row`'s runs minus mean of `minus`'s (ours), and the same for the
     paper's numbers when both rows have one — how far a method lands from its baseline, stated in the table."""
     for name in (diff.row, diff.minus):
@@ -252,15 +265,30 @@ def _difference_rows(diff: DictConfig, ours: dict[str, list[list[float]]], paper
     for a, b in zip(ours[diff.row], ours[diff.minus]):
         cells.append(f"{statistics.fmean(a) - statistics.fmean(b):+.2f}" if a and b else "—")
     rows = [[diff.label, "ours, difference of means"] + cells]
-    if diff.row in paper_map and diff.minus in paper_map:
-        a, b = paper_rows.get(paper_map[diff.row], {}), paper_rows.get(paper_map[diff.minus], {})
-        keys = [c.get("key") or c.task for c in columns]
-        rows.append([diff.label, "paper, difference"] + [f"{a[k] - b[k]:+.1f}" if k in a and k in b else "—" for k in keys])
+    if diff.row in paper_rows and diff.minus in paper_rows:
+        a, b = paper_rows[diff.row], paper_rows[diff.minus]
+        keys = [_paper_key(c) for c in columns]
+        rows.append([diff.label, "paper, difference"] + [
+            f"{a[k] - b[k]:+.1f}" if k in a and k in b and _is_number(a[k]) and _is_number(b[k]) else "—"
+            for k in keys])
     return rows
 
 
-def _paper_value(numbers: dict[str, float], column: DictConfig) -> str:
-    value = numbers.get(column.get("key") or column.task)
+def _paper_key(column: DictConfig) -> str | None:
+    """The paper value's key for a column: its `key` or task; None when the column sets `paper: false` (the paper
+    reports another metric for that task, e.g. STS-B Pearson where the column is Spearman)."""
+    if column.get("paper", True) is False:
+        return None
+    return column.get("key") or column.task
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _paper_value(numbers: dict[str, Any], column: DictConfig) -> str:
+    key = _paper_key(column)
+    value = None if key is None else numbers.get(key)
     return "—" if value is None else str(value)
 
 
@@ -297,16 +325,18 @@ def write_tables(conf_dir: Path, records_dir: Path, results_dir: Path,
 
 
 def write_report(conf_dir: Path, records_dir: Path, results_dir: Path) -> list[Path]:
-    """What `python -m ftlab.tables` writes: every table, then claims.md/.csv/.png and the per-epoch plots, all from
-    the same protocol-matching runs and the same gate."""
+    """What `python -m ftlab.tables` writes: every table, then claims.md/.csv/.png, the per-epoch plots and the
+    figures (metric vs weights kept, per-seed strips), all from the same protocol-matching runs and the same gate."""
     from .claims import write_claims
     from .epochs_plot import write_epoch_plots
+    from .report_figures import write_figures
 
     tables = experiment_runs(conf_dir, list(records_io.iter_records(records_dir)), Protocol(conf_dir).mismatches)
     gate = load_gate(conf_dir / "report" / "gates.yaml")
     written = write_tables(conf_dir, records_dir, results_dir, tables, gate)
     written += write_claims(conf_dir / "claims", tables, gate, results_dir)
     written += write_epoch_plots(conf_dir / "report" / "epochs.yaml", tables, gate, results_dir)
+    written += write_figures(conf_dir / "report" / "figures.yaml", tables, gate, results_dir)
     return written
 
 
