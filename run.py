@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     from ftlab.records import best_score
     from ftlab.run_lock import RunLocked
     from ftlab.sweep import record_outcome, summary_lines, write_outcome
-    from ftlab.train import Interrupted, run
+    from ftlab.train import Interrupted, launch_rank, run
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -41,6 +41,8 @@ def main(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
 
     def outcome(status: str, **extra: object) -> None:
+        if launch_rank() != 0:  # a DDP rank > 0: rank 0 reports the job
+            return
         entry = {"status": status, "overrides": overrides, "seconds": time.perf_counter() - started, **extra}
         if multirun:
             write_outcome(hydra_cfg.sweep.dir, job, entry)
@@ -69,7 +71,8 @@ def main(cfg: DictConfig) -> float | None:
     value = best_score(record)
     outcome(**record_outcome(record))
     split, metric = cfg.task.selection.split, cfg.task.selection.metric
-    log.info("best %s/%s = %s (record %s)", split, metric, value, record["name"])
+    if launch_rank() == 0:
+        log.info("best %s/%s = %s (record %s)", split, metric, value, record["name"])
     return value
 
 

@@ -26,12 +26,15 @@ class ResumeCheckpoint(pl.callbacks.Checkpoint):
         self.config_hash = config_hash
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # every rank calls save_checkpoint (under DDP it is a collective: a barrier, then rank 0 alone writes)
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.path)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
     def state_dict(self) -> dict[str, Any]:
         return {"config_hash": self.config_hash}

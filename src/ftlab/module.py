@@ -112,16 +112,36 @@ class FineTuneModule(pl.LightningModule):
         logits = self(batch).logits.float()
         self._eval_outputs.setdefault(dataloader_idx, []).append((logits.cpu(), batch["labels"].cpu(), batch["idx"].cpu()))
 
+    def _gathered(self, outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, ...]:
+        """(logits, labels, idx) of the whole split. Under DDP each rank saw only its shard of the dev set (Lightning's
+        DistributedSampler, padded with repeated rows so the shards are equal): gather every rank's outputs and keep
+        each example once, so every rank scores the full split exactly as one process would."""
+        local = [torch.cat([o[k] for o in outputs]).numpy() if outputs else None for k in range(3)]
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_available() \
+                or not torch.distributed.is_initialized():
+            return tuple(local)
+        shards: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(shards, local)
+        shards = [s for s in shards if s[0] is not None]
+        if not shards:
+            return None, None, None
+        logits, labels, idx = (np.concatenate([s[k] for s in shards]) for k in range(3))
+        _, first = np.unique(idx, return_index=True)  # the padding rows repeat examples another rank scored
+        return logits[first], labels[first], idx[first]
+
     def evaluate_collected(self) -> dict[str, dict[str, Any]]:
-        """Metrics (and per-example predictions) of each dev split from the outputs collected this evaluation."""
+        """Metrics (and per-example predictions) of each dev split from the outputs collected this evaluation, over the
+        whole split (every rank's shard under DDP)."""
         results = {}
+        distributed = self._trainer is not None and self._trainer.world_size > 1
         for i, split in enumerate(self.eval_splits):
             outputs = self._eval_outputs.get(i, [])
-            if not outputs:
+            if not outputs and not distributed:  # under DDP every rank must join the gather, with or without rows
                 continue
-            logits = torch.cat([o[0] for o in outputs]).numpy()
-            labels = torch.cat([o[1] for o in outputs]).numpy()
-            idx = torch.cat([o[2] for o in outputs]).numpy()
+            logits, labels, idx = self._gathered(outputs)
+            if logits is None:
+                continue
             preds = predictions(logits, self.task.kind)
             order = np.argsort(idx)
             results[split] = {

@@ -178,13 +178,32 @@ def run_paths(cfg: DictConfig) -> tuple[str, Path, dict[str, Any]]:
     return name, Path(cfg.paths.records_dir) / f"{name}.json", identity
 
 
+RESUME_ENV = "FTLAB_RESUME_FROM"  # rank 0's resume decision, inherited by the DDP processes Lightning starts
+
+
+def launch_rank() -> int:
+    """This process's global rank when a distributed launcher started it (the processes Lightning's DDP adds, torchrun,
+    the tasks of a multi-task SLURM job); 0 for a plain process. Rank 0 alone holds the run's lock and writes its
+    record."""
+    env = os.environ
+    if env.get("RANK"):
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS") or 1) > 1 and env.get("SLURM_PROCID"):
+        return int(env["SLURM_PROCID"])
+    return int(env.get("LOCAL_RANK") or 0) or int(env.get("NODE_RANK") or 0)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; returns its record. A completed record for the same config and data is
-    reused; an interrupted one resumes from its last epoch; a concurrent launch of the same run raises RunLocked."""
+    reused; an interrupted one resumes from its last epoch; a concurrent launch of the same run raises RunLocked.
+    Under DDP the other ranks train alongside rank 0 but write nothing (_run_other_rank)."""
     quiet.install(verbose=quiet.verbose_requested((cfg.get("ui") or {}).get("verbose")))
     validate_run_config(cfg)  # types, ranges and data files, before any model, record or lock
     validate_data_files(cfg)
     name, path, identity = run_paths(cfg)
+    rank = launch_rank()
+    if rank != 0:
+        return _run_other_rank(cfg, name, path, identity, rank)
     with RunLock(path):
         try:
             existing = records.read(path)
@@ -196,6 +215,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("skipping %s: completed record at %s", name, path)
             return existing
         return _run_locked(cfg, name, path, identity, existing)
+
+
+def _run_other_rank(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any], rank: int) -> dict[str, Any]:
+    """A DDP rank > 0: trains with rank 0 (same config, same resume point) without the lock, records or resume files
+    (Lightning saves checkpoints from rank 0 only). Returns what it computed, unwritten."""
+    config_hash = records.config_hash(identity)
+    if RESUME_ENV in os.environ:  # started by rank 0 (Lightning's subprocess launcher): its decision
+        ckpt_path = os.environ[RESUME_ENV] or None
+    else:  # started alongside rank 0 (SLURM tasks, torchrun): rank 0's decision from the same record
+        try:
+            existing = records.read(path)
+        except records.CorruptRecordError:
+            existing = None
+        if existing is not None and existing.get("status") == "completed":
+            return existing
+        resume = None
+        if existing is not None and existing.get("status") in ("running", "interrupted") and cfg.get("resume", True):
+            resume = resume_point(Path(cfg.paths.output_dir) / name / "checkpoints" / RESUME_FILE, config_hash)
+        ckpt_path = resume["checkpoint"] if resume else None
+    log.debug("rank %d of %s: training alongside rank 0, which writes the record", rank, name)
+    result = _fit(cfg, name, config_hash, ckpt_path, {})
+    return {"name": name, "config_hash": config_hash, "status": "completed", "rank": rank, "written": False, **result}
 
 
 def _run_locked(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any],
@@ -213,6 +254,7 @@ def _run_locked(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any]
                         "previous_status": existing["status"]}} if resume else {}),
     }
     progress: dict[str, Any] = {}
+    os.environ[RESUME_ENV] = resume["checkpoint"] if resume else ""
     try:
         records.write_atomic(path, record)
         record.update(_fit(cfg, name, config_hash, resume["checkpoint"] if resume else None, progress))
@@ -236,6 +278,8 @@ def _run_locked(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any]
         if interruption is not None:
             raise interruption from err
         raise
+    finally:
+        os.environ.pop(RESUME_ENV, None)
     (run_dir / "checkpoints" / RESUME_FILE).unlink(missing_ok=True)  # completed: nothing left to resume
     log.info("record written: %s", path)
     return record
@@ -297,6 +341,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         log.info("resuming %s from %s", name, ckpt_path)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)  # our own file: RNG state is numpy
     fit_seconds = time.perf_counter() - start
+    world = max(1, trainer.world_size)
     if not module.history and not generation:  # generation may decode once at the end instead
         raise FtlabError(
             f"run {name} finished without a single validation (train.epochs={cfg.train.epochs}, "
@@ -307,9 +352,11 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         "method_report": method.report(module),
         "parameters": parameter_counts(model),
         "cost": {
-            "fit_seconds": fit_seconds, "train_seconds": meter.seconds, "train_samples": meter.samples,
-            "samples_per_s": meter.samples / meter.seconds if meter.seconds else None,
-            "tokens_per_s": meter.tokens / meter.seconds if meter.seconds else None,
+            # under DDP every rank trains on an equal shard: samples of all ranks, in this rank's training time
+            "fit_seconds": fit_seconds, "train_seconds": meter.seconds, "train_samples": meter.samples * world,
+            "samples_per_s": meter.samples * world / meter.seconds if meter.seconds else None,
+            **({"world_size": world} if world > 1 else {}),
+            "tokens_per_s": meter.tokens * world / meter.seconds if meter.seconds else None,
             "optimizer_steps": trainer.global_step, **peak_memory_mb(peak_is_per_run),
             "saved_tensors": saved_tensors_summary(module),
         },
