@@ -51,6 +51,8 @@ def main(cfg: DictConfig) -> float | None:
                 log.info(line)
 
     try:
+        if multirun:
+            _refuse_spawned_ddp(cfg, launch_rank)
         record = run(cfg)
     except RunLocked as err:
         log.warning("%s", err)
@@ -74,6 +76,23 @@ def main(cfg: DictConfig) -> float | None:
     if launch_rank() == 0:
         log.info("best %s/%s = %s (record %s)", split, metric, value, record["name"])
     return value
+
+
+def _refuse_spawned_ddp(cfg: DictConfig, launch_rank) -> None:
+    """Lightning's DDP starts its other ranks by running this command line again, and in a multirun that is the whole
+    sweep: refuse it before any process starts. A launcher that starts every rank itself (SLURM tasks, torchrun) is
+    fine."""
+    import os
+
+    from ftlab.errors import ConfigError
+
+    strategy, devices = str(cfg.trainer.get("strategy") or ""), cfg.trainer.get("devices")
+    started_by_launcher = "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS") or 1) > 1
+    if strategy.startswith("ddp") and devices not in (1, "1") and launch_rank() == 0 and not started_by_launcher:
+        raise ConfigError(
+            f"trainer.strategy={strategy} with trainer.devices={devices} in a multirun: Lightning would start the other "
+            "ranks by re-running the whole sweep. Run each point on its own (python run.py trainer=ddp ...), or launch "
+            "one task per device: hydra/launcher=slurm_gpu hydra.launcher.tasks_per_node=N hydra.launcher.gpus_per_node=N")
 
 
 def _refuse_trainer_owned(argv: list[str]) -> None:

@@ -46,3 +46,13 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path: Path) -> None:
     assert one["cost"]["optimizer_steps"] == 3
     assert best["predictions"]["dev"] == one["metrics"]["best"]["predictions"]["dev"]
     assert abs(best["metrics"]["dev"]["accuracy"] - one["metrics"]["best"]["metrics"]["dev"]["accuracy"]) < 1e-9
+
+
+def test_ddp_in_a_multirun_is_refused_before_any_process_starts(tmp_path: Path) -> None:
+    args = [sys.executable, str(ROOT / "run.py"), "-m", *tiny_overrides(tmp_path, "task=rte", "trainer=ddp",
+            "trainer.accelerator=cpu", "trainer.devices=2"), f"hydra.sweep.dir={tmp_path}/multirun"]
+    done = subprocess.run(args, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "Lightning would start the other ranks by re-running the whole sweep" in \
+        done.stdout + done.stderr
+    assert not list(records.iter_records(tmp_path / "records"))
