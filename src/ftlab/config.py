@@ -39,10 +39,11 @@ def register_resolvers() -> None:
 
 
 # Keys that never change what a run computes: where files go, how it is logged and shown (`ui`: progress lines,
-# third-party noise), whether it keeps resume checkpoints, how its table is rendered, and the sweep indices (`grid`:
-# only the values they select, e.g. optim.lr, decide a run, so index points that select the same values are one run,
-# run once). Editing a table's text must not make every completed run look new.
-NOT_RUN_DECIDING = ("paths", "logger", "hydra", "experiment_name", "grid", "table", "resume", "ui")
+# third-party noise), which unlabeled test files it also predicts (`predict`), whether it keeps resume checkpoints, how
+# its table is rendered, and the sweep indices (`grid`: only the values they select, e.g. optim.lr, decide a run, so
+# index points that select the same values are one run, run once). Editing a table's text must not make every
+# completed run look new.
+NOT_RUN_DECIDING = ("paths", "logger", "hydra", "experiment_name", "grid", "table", "resume", "ui", "predict")
 UI_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
 NOT_RUN_DECIDING_TRAIN = ("save_checkpoints",)
 NOT_RUN_DECIDING_METHOD = ("save_model",)  # whether the sparse model is also written to disk

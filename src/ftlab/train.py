@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import quiet, records
+from . import predict, quiet, records
 from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
 from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, resume_point
 from .config import PROJECT_ROOT, portable_path, run_identity
@@ -200,6 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quiet.install(verbose=quiet.verbose_requested((cfg.get("ui") or {}).get("verbose")))
     validate_run_config(cfg)  # types, ranges and data files, before any model, record or lock
     validate_data_files(cfg)
+    predict.check(cfg)
     name, path, identity = run_paths(cfg)
     rank = launch_rank()
     if rank != 0:
@@ -213,8 +214,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             existing = None
         if existing is not None and existing.get("status") == "completed":
             log.info("skipping %s: completed record at %s", name, path)
-            return existing
+            missing = [s for s in predict.requested(cfg) if s not in (existing.get("test_predictions") or {})]
+            return _predict_completed(cfg, name, path, existing, missing) if missing else existing
         return _run_locked(cfg, name, path, identity, existing)
+
+
+def _predict_completed(cfg: DictConfig, name: str, path: Path, record: dict[str, Any], splits: list[str]) -> dict:
+    """Test predictions a completed record lacks, from its kept best checkpoint (no retraining)."""
+    best = Path(cfg.paths.output_dir) / name / "checkpoints" / "best.ckpt"
+    if not best.is_file():
+        log.warning("%s has no test predictions for %s and no kept best checkpoint (%s; train.save_checkpoints=false "
+                    "or removed): delete its record to retrain it", name, splits, best)
+        return record
+    tokenizer = load_tokenizer(cfg.backbone)
+    model = load_model(cfg.backbone, attn_implementation=attention_for(cfg.trainer.accelerator),
+                       num_labels=cfg.task.num_labels,
+                       problem_type="regression" if cfg.task.kind == "regression" else "single_label_classification")
+    method = build_method(cfg)
+    method.setup(model, cfg.backbone)  # the same modules (adapters, masks) as the checkpoint's
+    module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
+    predict.load_best(module, best)
+    record = {**record, "test_predictions": {
+        **(record.get("test_predictions") or {}),
+        **predict.predict_files(cfg, model, tokenizer, splits, f"best-on-dev weights ({portable_path(best)})")}}
+    records.write_atomic(path, record)
+    return record
 
 
 def _run_other_rank(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any], rank: int) -> dict[str, Any]:
@@ -347,7 +371,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
             f"run {name} finished without a single validation (train.epochs={cfg.train.epochs}, "
             f"train.max_steps={cfg.train.max_steps}); it has no result to record"
         )
-    return {
+    result = {
         "metrics": _metrics(cfg, module.history),
         "method_report": method.report(module),
         "parameters": parameter_counts(model),
@@ -365,3 +389,11 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"generation": module.generation_report()} if generation else {}),
     }
+    if predict.requested(cfg) and not generation and trainer.is_global_zero:  # last: it may load the best weights
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            predict.load_best(module, Path(best))
+        weights = f"best-on-dev weights ({portable_path(best)})" if best else \
+            "last epoch's weights (train.save_checkpoints=false keeps no best checkpoint)"
+        result["test_predictions"] = predict.predict_files(cfg, model, tokenizer, predict.requested(cfg), weights)
+    return result
