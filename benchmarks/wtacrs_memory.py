@@ -2,6 +2,7 @@
 
     python benchmarks/wtacrs_memory.py [--steps 6] [--batch-size 32] [--threads 2] [--out results]
     python benchmarks/wtacrs_memory.py --setups t5-base-shape --batch-size 10 --out /tmp/t5   # the paper's T5-base shapes
+    python benchmarks/wtacrs_memory.py --device cuda --out /tmp/gpu   # on a GPU: + each step's CUDA allocator peak
 
 For each setup (MiniLM-L6 with its real weights; the random tiny T5; random-init BERT-base and T5-base shapes, memory
 only) and each method, at the same batch (the first,
@@ -19,6 +20,8 @@ longest, length-grouped batch of real RTE training rows) and bf16 autocast as in
   max batch         the largest batch whose saved-tensor peak + static memory (weights, grads, AdamW states) fits
                     the cap: saved bytes are measured at two batch sizes (8 and the full batch) and extrapolated
                     linearly (the idea of the paper's Figure 13, by this measurement rather than GPU peak memory)
+  CUDA step peak    (--device cuda) the allocator's peak during forward + backward + AdamW step above what was
+                    allocated before it (activations, gradients, temporaries), median over the timed rounds
 Writes <out>/wtacrs_memory.json and .md (`--from-json` re-renders the .md of a saved JSON); experiments/
 wtacrs_memory_plot.py draws the bars.
 """
@@ -104,12 +107,13 @@ def first_batch(cfg, tokenizer, batch_size: int) -> dict[str, torch.Tensor]:
 class Runner:
     """One model + method + AdamW, stepping on a fixed batch."""
 
-    def __init__(self, cfg, label: str, factory: Any, roles: list[str]):
+    def __init__(self, cfg, label: str, factory: Any, roles: list[str], device: torch.device = torch.device("cpu")):
         torch.manual_seed(0)
         self.model = load_model(cfg.backbone, num_labels=cfg.task.num_labels)
         self.method = factory()
         self.method.setup(self.model, cfg.backbone)
-        self.model.train()
+        self.device = device
+        self.model.to(device).train()
         names = list(block_linears(self.model, cfg.backbone, roles))
         self.watch = {n: self.model.get_submodule(n) for n in names}
         params = [p for _, p in self.method.parameters_to_train(self.model)]
@@ -119,17 +123,26 @@ class Runner:
             p.numel() * p.element_size() * 3 for p in params)  # weights + grads + AdamW exp_avg, exp_avg_sq
         self.times: list[float] = []
         self.cpu_times: list[float] = []
+        self.cuda_peaks: list[int] = []  # bytes above what was allocated when the step began
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         """Forward + backward + AdamW step, timed."""
         inputs = {k: v for k, v in batch.items() if k != "idx"}
         self.method.on_train_batch_start(None, batch)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()
         start, cpu_start = time.perf_counter(), time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
             loss = self.model(**inputs).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+            self.cuda_peaks.append(torch.cuda.max_memory_allocated() - resident)
         self.times.append(time.perf_counter() - start)
         self.cpu_times.append(time.process_time() - cpu_start)
 
@@ -138,7 +151,7 @@ class Runner:
         the forward ends)."""
         inputs = {k: v for k, v in batch.items() if k != "idx"}
         self.method.on_train_batch_start(None, batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16), SavedTensorMeter(self.model, self.watch) as meter:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16), SavedTensorMeter(self.model, self.watch) as meter:
             self.model(**inputs)
         return meter.result
 
@@ -147,20 +160,21 @@ def rows(batch: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     return {k: v[:n] for k, v in batch.items()}
 
 
-def bench_setup(name: str, batch_size: int, steps: int) -> dict[str, Any]:
+def bench_setup(name: str, batch_size: int, steps: int, device: torch.device = torch.device("cpu")) -> dict[str, Any]:
     setup = SETUPS[name]
     cap_mib, steps = setup["cap_mib"], steps if setup["timed"] else 0
     cfg = compose([f"backbone={setup['backbone']}", *setup["overrides"], "task=rte", f"paths.data_dir={DATA_DIR}"])
     tokenizer = load_tokenizer(cfg.backbone)
-    batch = first_batch(cfg, tokenizer, batch_size)
+    batch = {k: v.to(device) for k, v in first_batch(cfg, tokenizer, batch_size).items()}
     small = rows(batch, 8)
     out: dict[str, Any] = {"backbone": name, "timed": setup["timed"], "batch": batch_size, "positions": int(batch["input_ids"].shape[1]),
-                           "real_tokens": int(batch["attention_mask"].sum()), "cap_mib": cap_mib, "methods": {}}
+                           "real_tokens": int(batch["attention_mask"].sum()), "cap_mib": cap_mib, "methods": {},
+                           **({"device": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
     groups: dict[str, list[str]] = {}
     for label, (_, _, baseline) in methods().items():
         groups.setdefault(baseline, []).append(label)
     for baseline, labels in groups.items():  # one comparison group in memory at a time
-        runners = {label: Runner(cfg, label, methods()[label][0], methods()[label][1]) for label in labels}
+        runners = {label: Runner(cfg, label, methods()[label][0], methods()[label][1], device) for label in labels}
         for label, runner in runners.items():
             full, part = runner.saved(batch), runner.saved(small)
             slope = (full.total_bytes - part.total_bytes) / (batch_size - 8)
@@ -189,8 +203,13 @@ def bench_setup(name: str, batch_size: int, steps: int) -> dict[str, Any]:
                 ratios = [t / b for t, b in zip(runner.cpu_times[1:], base_cpu)]
                 m["step_time_ratio"] = statistics.median(ratios)
                 m["step_time_ratio_range"] = [min(ratios), max(ratios)]
+            if runner.cuda_peaks[1:]:
+                m["cuda_step_peak_bytes"] = statistics.median(runner.cuda_peaks[1:])
+                m["cuda_step_peak_ratio"] = m["cuda_step_peak_bytes"] / statistics.median(runners[baseline].cuda_peaks[1:])
         del runners
         gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         _release_freed_memory()
     return out
 
@@ -208,7 +227,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for r in results:
         shape = "" if r["timed"] else " (random-init, the paper's shapes; memory only, not timed)"
         lines += [f"## {r['backbone']}{shape}: real RTE, batch {r['batch']} x {r['positions']} positions "
-                  f"({r['real_tokens']} real tokens), bf16 autocast, CPU", "",
+                  f"({r['real_tokens']} real tokens), bf16 autocast, {r.get('device', 'CPU')}", "",
                   f"| method | replaced layers MiB (ratio) | whole-step saved MiB (ratio) | + weights, grads, AdamW MiB "
                   f"(ratio) | step CPU s (ratio, per-round min-max) | step wall s | max batch, {r['cap_mib']} MiB cap |",
                   "|---|---|---|---|---|---|---|"]
@@ -228,6 +247,11 @@ def markdown(results: list[dict[str, Any]]) -> str:
                       f"when the forward ends (the step's peak of batch-dependent memory); the next column adds the "
                       f"fp32 weights, the trained parameters' gradients and AdamW's two moments, which do not shrink "
                       f"with sampling (so its ratio tends to the saved-tensor ratio as the batch grows).", ""]
+        cuda = [(label, m) for label, m in r["methods"].items() if "cuda_step_peak_bytes" in m]
+        if cuda:
+            lines += ["CUDA allocator peak of a training step above the memory resident before it (MiB, ratio to the "
+                      "baseline): " + "; ".join(f"{label} {m['cuda_step_peak_bytes'] / MIB:.1f} "
+                                                f"({m['cuda_step_peak_ratio']:.2f}x)" for label, m in cuda), ""]
         w = r["methods"]["WTA-CRS@0.3"]
         checks = [("replaced layers <= 0.35x", w["replaced_ratio"] <= 0.35), ("whole step <= 0.6x", w["whole_step_ratio"] <= 0.6)]
         if r["timed"]:
@@ -250,6 +274,8 @@ def main() -> None:
                         help="the -shape setups take ~5 min each at batch 10 on 2 cores")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results")
     parser.add_argument("--from-json", type=Path, help="re-render the tables of an earlier run's JSON, measuring nothing")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the model and batch on the GPU, plus each step's CUDA allocator peak")
     args = parser.parse_args()
     if args.from_json:
         results = json.loads(args.from_json.read_text())
@@ -257,7 +283,10 @@ def main() -> None:
         print(markdown(results))
         return
     torch.set_num_threads(args.threads)
-    results = [bench_setup(s, args.batch_size, args.steps) for s in args.setups]
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    results = [bench_setup(s, args.batch_size, args.steps, device) for s in args.setups]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "wtacrs_memory.json").write_text(json.dumps(results, indent=1))
     (args.out / "wtacrs_memory.md").write_text(markdown(results))
