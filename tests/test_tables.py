@@ -97,6 +97,16 @@ def test_records_from_reuses_another_experiments_runs_and_says_so() -> None:
     assert "`dense` (results/records/dense/)" in markdown
 
 
+def two_row_table(recs: list[dict], **table: object) -> dict:
+    """A table spec "t" of experiment "mine" (rows FT = finetune, NxM = nxm; columns RTE acc, MRPC F1) over `recs`."""
+    for r in recs:
+        r["experiment"] = "mine"
+    return {"experiment_name": "mine", "table": {
+        "name": "t", "title": "T", "ours": "o", "rule": "mean_std",
+        "rows": [{"label": "FT", "method": "finetune"}, {"label": "NxM", "method": "nxm"}],
+        "columns": [{"task": "rte", "metric": "accuracy"}, {"task": "mrpc", "metric": "f1"}], **table}}
+
+
 def test_difference_rows_state_how_far_a_row_lands_from_its_baseline() -> None:
     from omegaconf import OmegaConf
 
@@ -104,13 +114,7 @@ def test_difference_rows_state_how_far_a_row_lands_from_its_baseline() -> None:
 
     recs = [fake_record("rte", "finetune", 1, 60.0, [1]), fake_record("rte", "finetune", 2, 64.0, [1]),
             fake_record("rte", "nxm", 1, 58.5, [1]), fake_record("mrpc", "finetune", 1, 80.0, [1], metric="f1")]
-    for r in recs:
-        r["experiment"] = "mine"
-    spec = {"experiment_name": "mine", "table": {
-        "name": "t", "title": "T", "ours": "o", "rule": "mean_std",
-        "rows": [{"label": "FT", "method": "finetune"}, {"label": "NxM", "method": "nxm"}],
-        "columns": [{"task": "rte", "metric": "accuracy"}, {"task": "mrpc", "metric": "f1"}],
-        "differences": [{"label": "NxM − FT", "row": "NxM", "minus": "FT"}]}}
+    spec = two_row_table(recs, differences=[{"label": "NxM − FT", "row": "NxM", "minus": "FT"}])
     markdown, csv_text = build_table(OmegaConf.create(spec), recs, protocol=accept_all)
     assert "| NxM − FT | ours, difference of means | -3.50 | — |" in markdown  # 58.5 − mean(60, 64); no NxM MRPC run
     assert "NxM − FT,\"ours, difference of means\",-3.50,—" in csv_text
@@ -209,12 +213,7 @@ def test_gate_renders_did_not_learn_and_names_the_runs() -> None:
 
     recs = [fake_record("rte", "finetune", 1, 54.0, [1]), fake_record("rte", "finetune", 2, 56.0, [1]),
             fake_record("rte", "nxm", 1, 61.0, [1]), fake_record("mrpc", "nxm", 1, 10.0, [1], metric="f1")]
-    for r in recs:
-        r["experiment"] = "mine"
-    spec = {"experiment_name": "mine", "table": {
-        "name": "t", "title": "T", "ours": "o", "rule": "mean_std",
-        "rows": [{"label": "FT", "method": "finetune"}, {"label": "NxM", "method": "nxm"}],
-        "columns": [{"task": "rte", "metric": "accuracy"}, {"task": "mrpc", "metric": "f1"}]}}
+    spec = two_row_table(recs)
     gate = Gate({("rte", "accuracy"): (50.0, 5.0)}, "gates")
     markdown, csv_text = build_table(OmegaConf.create(spec), recs, protocol=accept_all, gate=gate)
     assert "| FT | ours (n≤2) | did not learn (55.00 ± 1.41) | — |" in markdown   # mean 55 does not clear 55
