@@ -33,7 +33,10 @@ def test_duration_and_one_based_epochs() -> None:
 
 
 def test_log_lines_and_summary_when_output_is_not_a_terminal(tmp_path: Path) -> None:
-    done = _run_redirected(tmp_path, "trainer.enable_progress_bar=true", "ui.log_every_s=1", "train.batch_size=8")
+    # 6 steps of 0.15 s (tests/slow_method.py) and a line every 0.3 s: periodic lines appear however fast the machine
+    done = _run_redirected(tmp_path, "trainer.enable_progress_bar=true", "ui.log_every_s=0.3", "train.batch_size=8",
+                           "method._target_=slow_method.Slow",
+                           env={"PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     out = done.stdout
     assert done.returncode == 0, out[-3000:]
     assert "training rte-finetune-tiny-bert-s1-" in out and "1 epoch(s), 6 steps" in out
