@@ -127,7 +127,7 @@ def test_identity_is_the_run_groups_without_class_paths_and_is_recomputable_from
     before = records.record_name(identity_config(cfg))
     cfg.method._target_ = "ftlab.moved.elsewhere.FineTune"  # a class moved to another module: the same run
     with open_dict(cfg):
-        cfg.task.datamodule = {"_target_": "ftlab.tasks.SomeDataModule"}  # a node naming code only: decides nothing
+        cfg.task.datamodule = {"_target_": "ftlab.tasks.SomeDataModule", "_partial_": True}  # names code only
     cfg.experiment_name, cfg.ui.log_every_s, cfg.train.save_checkpoints = "renamed", 5, False
     assert records.record_name(identity_config(cfg)) == before
     cfg.optim.lr = 1e-3

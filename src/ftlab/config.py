@@ -57,7 +57,10 @@ RUN_GROUPS: dict[str, tuple[str, ...]] = {
     "seed": (),
     "threads": (),
 }
-TARGET_KEY = "_target_"  # a code location (class path) decides nothing: the identity never included the code version
+# Where Hydra finds the code to build: a class path (`_target_`, and `_partial_`: built now or given the rest of its
+# arguments at run time) decides nothing. The identity never included the code version, and a class that moves to
+# another module computes the same run.
+INSTANTIATION_KEYS = ("_target_", "_partial_")
 
 
 def identity_config(cfg: DictConfig) -> dict:
@@ -67,7 +70,7 @@ def identity_config(cfg: DictConfig) -> dict:
 
 def identity_of(config: dict) -> dict:
     """identity_config of an already resolved config (e.g. the one a record stores): its RUN_GROUPS, less each group's
-    listed switches, with every `_target_` key dropped at any depth (and a mapping that held nothing else with it)."""
+    listed switches, with every INSTANTIATION_KEYS key dropped at any depth (and a mapping left empty by that)."""
     identity = {}
     for group, switches in RUN_GROUPS.items():
         if group not in config:
@@ -83,11 +86,11 @@ def _without_targets(node: Any) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            if key == TARGET_KEY:
+            if key in INSTANTIATION_KEYS:
                 continue
             value = _without_targets(value)
             if isinstance(value, dict) and not value and isinstance(node[key], dict) and node[key]:
-                continue  # held only a `_target_`: names code, decides nothing
+                continue  # held only a `_target_` (and `_partial_`): names code, decides nothing
             out[key] = value
         return out
     if isinstance(node, list):
