@@ -1,12 +1,19 @@
-"""Every backbone x task x method composes and resolves; bad choices fail with the valid options listed."""
+"""Every backbone x task x method composes and resolves; bad choices fail with the valid options listed; every
+experiment still runs the configs it ran before reporting config moved out of the run config."""
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from ftlab.config import CONF_DIR
+from ftlab import records
+from ftlab.config import CONF_DIR, identity_of, register_resolvers, without_reporting
 
 REQUIRED_TASK_KEYS = ("name", "kind", "metrics", "selection", "splits", "eval_splits", "epochs", "batch_size", "lr")
 
@@ -77,3 +84,66 @@ def test_every_config_file_starts_with_its_command() -> None:
     for path in CONF_DIR.rglob("*.yaml"):
         first = path.read_text().splitlines()[0]
         assert first.startswith("#"), f"{path} must start with a comment showing the command that uses it"
+
+
+# The record name (config part of the identity) of sample points of every experiment's sweep, computed from the conf/
+# of commit 2b78396, before the table specs and the papers' per-task settings left the run config (issue 18), with the
+# identity rule of today (ftlab.config.identity_of) applied to it after dropping those keys
+# (ftlab.config.without_reporting). Written by `python tests/test_configs.py <conf folder of 2b78396>`.
+IDENTITIES = Path(__file__).parent / "fixtures" / "experiment_identities.json"
+ROW_AND_COLUMN_KEYS = ("method", "task", "seed")
+
+
+def sweep_values(experiment_file: Path) -> dict[str, list[str]]:
+    """The experiment's `hydra.sweeper.params`: key -> its points as override strings."""
+    parser = OverridesParser.create()
+    out = {}
+    for key, spec in (OmegaConf.select(OmegaConf.load(experiment_file), "hydra.sweeper.params") or {}).items():
+        override = parser.parse_overrides([f"{key}={spec}"])[0]
+        out[key] = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                    else [override.get_value_element_as_str()])
+    return out
+
+
+def experiment_points(conf_dir: Path) -> dict[str, list[str]]:
+    """Label -> overrides of the points checked per experiment: the sweep's first point, its last point (every swept
+    key other than method, task and seed at its last value), each task at both, each method at the first."""
+    points = {}
+    for path in sorted((conf_dir / "experiment").glob("*.yaml")):
+        values = sweep_values(path)
+        first = {key: options[0] for key, options in values.items()}
+        last = {key: options[0] if key in ROW_AND_COLUMN_KEYS else options[-1] for key, options in values.items()}
+        chosen = [first, last, *({**base, "task": task} for base in (first, last) for task in values.get("task", []))]
+        chosen += [{**first, "method": method} for method in values.get("method", [])]
+        for point in chosen:
+            overrides = [f"experiment={path.stem}", *(f"{key}={value}" for key, value in sorted(point.items()))]
+            points[" ".join(overrides)] = overrides
+    return points
+
+
+def experiment_identities(conf_dir: Path) -> dict[str, str]:
+    register_resolvers()
+    out = {}
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        for label, overrides in experiment_points(Path(conf_dir)).items():
+            config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+            out[label] = records.record_name(identity_of(without_reporting(config)))
+    return out
+
+
+def test_every_experiment_runs_the_configs_it_ran_before_reporting_config_moved_out() -> None:
+    """Moving `table:` and `task.paper` to conf/report/ changed no run: every sampled sweep point of every experiment
+    resolves to the run-deciding config it had (so the experiments that read a paper's per-task lr, batch size, epochs
+    or grids from conf/report/papers/ get the numbers they got from task.paper), and its records keep their names."""
+    expected = json.loads(IDENTITIES.read_text())["identities"]
+    now = experiment_identities(CONF_DIR)
+    assert sorted(now) == sorted(expected), "the sampled points changed: an experiment's sweep was edited"
+    changed = {label: (expected[label], name) for label, name in now.items() if expected[label] != name}
+    assert not changed, f"run config changed at {len(changed)} point(s): {changed}"
+
+
+if __name__ == "__main__":  # python tests/test_configs.py <conf folder>: rewrite the fixture from that conf/
+    source = Path(sys.argv[1])
+    IDENTITIES.write_text(json.dumps({
+        "generated": f"python tests/test_configs.py {source} (conf/ of commit 2b78396)",
+        "identities": experiment_identities(source)}, indent=1, sort_keys=True) + "\n")

@@ -261,4 +261,5 @@ def test_experiments_resolve_and_sweep_existing_methods(experiment):
     methods = spec.hydra.sweeper.params.method.split(",")
     assert {"finetune", "dps", "dps_mix"} <= set(methods)
     assert all((CONF_DIR / "method" / f"{m}.yaml").exists() for m in methods)
-    assert spec.table.rule == "mean_std" and spec.table.agreement is True
+    table = OmegaConf.load(CONF_DIR / "report" / "tables" / f"{experiment}.yaml")
+    assert table.rule == "mean_std" and table.agreement is True

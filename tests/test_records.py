@@ -117,16 +117,19 @@ def test_multirun_joblib_launcher(tmp_path: Path) -> None:
     assert sorted(r["config"]["seed"] for r in records.iter_records(tmp_path / "records")) == [1, 2]
 
 
-def test_identity_ignores_table_text_and_is_recomputable_from_a_record() -> None:
-    from omegaconf import OmegaConf
+def test_identity_is_the_run_groups_without_class_paths_and_is_recomputable_from_a_record() -> None:
+    from omegaconf import OmegaConf, open_dict
 
     from ftlab.config import identity_config, identity_of
 
     cfg = compose_config(["experiment=glue_dense_cpu", "task=rte"])
+    assert "table" not in cfg and "paper" not in cfg.task  # reporting config (conf/report/) is not run config
     before = records.record_name(identity_config(cfg))
-    cfg.table.ours = "reworded"
-    cfg.table.rule = "median"
-    assert records.record_name(identity_config(cfg)) == before  # rewording a table does not re-run its runs
+    cfg.method._target_ = "ftlab.moved.elsewhere.FineTune"  # a class moved to another module: the same run
+    with open_dict(cfg):
+        cfg.task.datamodule = {"_target_": "ftlab.tasks.SomeDataModule", "_partial_": True}  # names code only
+    cfg.experiment_name, cfg.ui.log_every_s, cfg.train.save_checkpoints = "renamed", 5, False
+    assert records.record_name(identity_config(cfg)) == before
     cfg.optim.lr = 1e-3
     assert records.record_name(identity_config(cfg)) != before
     stored = OmegaConf.to_container(cfg, resolve=True)
@@ -134,27 +137,96 @@ def test_identity_ignores_table_text_and_is_recomputable_from_a_record() -> None
     assert identity_of(stored) == identity_config(cfg)
 
 
-def test_migration_rekeys_an_old_record_to_the_name_a_launch_computes_today(tmp_path: Path) -> None:
-    """Records from before the data fingerprint: `ftlab.migrate` gives each the name a launch of its config finds."""
+def _old_format(config: dict, data_files: dict | None, name: str) -> dict:
+    """A record as written before reporting config left the run config: its config carries the experiment's table
+    spec and the tasks' paper settings, its method a class path since moved; named by the identity of that time."""
+    old = {**config, "table": {"name": "t", "ours": "text"},
+           "task": {**config["task"], "paper": {"nxm": {"lr": [5e-5], "epochs": 10}}},
+           "method": {**config["method"], "_target_": "ftlab.old.place.FineTune"}}
+    return {"name": name, "config_hash": name.rsplit("-", 1)[1], "status": "completed", "config": old,
+            "metrics": {"best": None}, **({"data_files": data_files} if data_files else {})}
+
+
+def test_migration_rekeys_old_records_to_the_name_a_launch_computes_today(tmp_path: Path) -> None:
+    """Records from before the data fingerprint (no `data_files`) and from before conf/report/ (campaigns still
+    running the old code): `ftlab.migrate` gives each the name a launch of its config computes today, once."""
     from omegaconf import OmegaConf
 
-    from ftlab.config import identity_of
     from ftlab.migrate import migrate_folder
     from ftlab.train import run_paths
 
-    cfg = compose_config(tiny_overrides(tmp_path, "task=rte", "seed=7"))
+    folder = tmp_path / "records"
+    launches = {}
+    for seed, with_data in ((7, False), (8, True)):
+        cfg = compose_config(tiny_overrides(tmp_path, "task=rte", f"seed={seed}"))
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.pop("paths")
+        name, path, identity = run_paths(cfg)
+        old_name = f"rte-finetune-tiny-bert-s{seed}-0ld0ld0ld0ld"
+        old = _old_format(config, identity["data_files"] if with_data else None, old_name)
+        records.write_atomic(folder / f"{old['name']}.json", old)
+        launches[seed] = (cfg, config, old, path, identity)
+    moved = dict(migrate_folder(folder, DATA_DIR, tmp_path / "cache"))
+    assert len(moved) == 2
+    for cfg, config, old, path, identity in launches.values():
+        assert moved[folder / f"{old['name']}.json"] == path  # the name a launch of that config computes today
+        new = records.read(path)
+        # table and task.paper gone; the rest as it ran (the class path of that time kept)
+        assert new["config"] == {**config, "method": {**config["method"], "_target_": "ftlab.old.place.FineTune"}}
+        assert new["data_files"] == identity["data_files"] and new["config_hash"] == records.config_hash(identity)
+        unchanged = ("name", "config_hash", "data_files", "config")
+        assert {k: v for k, v in new.items() if k not in unchanged} == \
+            {k: v for k, v in old.items() if k not in unchanged}
+    assert migrate_folder(folder, DATA_DIR, tmp_path / "cache") == []  # idempotent
+    cfg, config, old, path, _ = launches[7]
+    records.write_atomic(folder / f"{old['name']}.json", old)  # copied in again from a campaign's folder
+    assert migrate_folder(folder, DATA_DIR, tmp_path / "cache") == [(folder / f"{old['name']}.json", path)]
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(launch[3].name for launch in launches.values())
+    assert not (folder / ".locks").exists()  # the migration's run locks leave nothing behind
+    assert "started" not in run(cfg)  # the launch found the migrated record and reused it: nothing re-ran
+
+
+def test_migration_skips_a_live_run_and_moves_a_run_folder_with_its_resume_checkpoint(tmp_path: Path) -> None:
+    """A record whose run holds its lock is left alone (named); once free, its output folder follows the new name
+    and its resume checkpoint is re-keyed, so relaunching an interrupted run still resumes."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from ftlab.checkpoints import RESUME_FILE, ResumeCheckpoint, resume_point
+    from ftlab.migrate import migrate_folder
+    from ftlab.run_lock import RunLock
+    from ftlab.train import run_paths
+
+    cfg = compose_config(tiny_overrides(tmp_path, "task=rte", "seed=9"))
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("paths")
-    old_name = records.record_name(identity_of(config))  # the old identity: the config alone
-    old = {"name": old_name, "config_hash": records.config_hash(identity_of(config)), "status": "completed",
-           "config": config, "metrics": {"best": None}}
-    records.write_atomic(tmp_path / "records" / f"{old_name}.json", old)
-    (moved,) = migrate_folder(tmp_path / "records", DATA_DIR, tmp_path / "cache")
     name, path, identity = run_paths(cfg)
-    assert moved == (tmp_path / "records" / f"{old_name}.json", path) and name != old_name
-    new = records.read(path)
-    assert new["data_files"] == identity["data_files"] and new["config_hash"] == records.config_hash(identity)
-    assert {k: v for k, v in new.items() if k not in ("name", "config_hash", "data_files")} == \
-        {k: v for k, v in old.items() if k not in ("name", "config_hash")}
-    assert migrate_folder(tmp_path / "records", DATA_DIR, tmp_path / "cache") == []  # idempotent
-    assert "started" not in run(cfg)  # the launch found the migrated record and reused it: nothing re-ran
+    old = {**_old_format(config, identity["data_files"], "rte-finetune-tiny-bert-s9-0ld0ld0ld0ld"),
+           "status": "interrupted"}
+    old_path = tmp_path / "records" / f"{old['name']}.json"
+    records.write_atomic(old_path, old)
+    checkpoint = tmp_path / "runs" / old["name"] / "checkpoints" / RESUME_FILE
+    checkpoint.parent.mkdir(parents=True)
+    saved_for = {ResumeCheckpoint.__qualname__: {"config_hash": old["config_hash"]}}
+    torch.save({"epoch": 1, "global_step": 6, "callbacks": saved_for}, checkpoint)
+    skipped: list[Path] = []
+    with RunLock(old_path):  # the old code's launch of that run is still going
+        assert migrate_folder(tmp_path / "records", DATA_DIR, runs_dir=tmp_path / "runs", skipped=skipped) == []
+    assert skipped == [old_path] and records.read(old_path) == old
+    assert migrate_folder(tmp_path / "records", DATA_DIR, runs_dir=tmp_path / "runs") == [(old_path, path)]
+    moved = tmp_path / "runs" / name / "checkpoints" / RESUME_FILE
+    assert not checkpoint.exists() and resume_point(moved, records.config_hash(identity)) == \
+        {"checkpoint": str(moved), "epoch": 1, "step": 6}
+
+
+def test_committed_records_are_at_the_current_identity() -> None:
+    """Every committed record was re-keyed (`python -m ftlab.migrate`): no reporting config in its stored config, and
+    its name and hash are those of today's identity of that config and data (what a launch of it computes)."""
+    from ftlab.config import reporting_keys, run_identity
+
+    committed = list(records.iter_records(ROOT / "results" / "records"))
+    assert len(committed) >= 100
+    for record in committed:
+        identity = run_identity(record["config"], record["data_files"])
+        assert not reporting_keys(record["config"]), record["name"]
+        assert (record["name"], record["config_hash"]) == (records.record_name(identity), records.config_hash(identity))

@@ -234,3 +234,27 @@ def test_protocol_composes_inside_a_callers_hydra_and_gives_it_back() -> None:
         protocol = Protocol(CONF_DIR).compose("glue_dense_cpu", ["method=finetune", "task=rte", "seed=1"])
         assert compose("config", overrides=["task=mrpc"]).task.name == "mrpc"   # the caller's Hydra still works
     assert protocol["optim"]["lr"] == 5.0e-5 and "paths" not in protocol and "table" not in protocol
+
+
+def test_records_that_still_carry_reporting_config_are_refused_with_the_fix(tmp_path: Path) -> None:
+    """A record from before conf/report/ (copied in from a campaign of older code) has a name of the old identity:
+    tables name it and the migration instead of silently excluding it from every protocol."""
+    write_fixture_records(tmp_path / "records")
+    old = fake_record("rte", "finetune", 4, 61.0, [1, 0, 0, 0])
+    old["config"]["task"]["paper"] = {"nxm": {"lr": [5e-5]}}
+    records.write_atomic(tmp_path / "records" / f"{old['name']}.json", old)
+    with pytest.raises(ConfigError, match=r"1 record\(s\) predate conf/report/.*python -m ftlab.migrate"):
+        write_tables(FIXTURES, tmp_path / "records", tmp_path / "results")
+
+
+def test_every_table_spec_names_an_experiment_and_no_experiment_carries_one() -> None:
+    """Reporting config lives beside the run config, never in it: conf/report/tables/<experiment>.yaml for each
+    experiment that has a table; no experiment file declares `table:` (it would enter every run's config)."""
+    from omegaconf import OmegaConf
+
+    from ftlab.tables import experiments_with_tables
+
+    specs = {path.stem for path in (CONF_DIR / "report" / "tables").glob("*.yaml")}
+    assert specs == {e.experiment_name for e in experiments_with_tables(CONF_DIR)}
+    for path in (CONF_DIR / "experiment").glob("*.yaml"):
+        assert "table" not in OmegaConf.load(path), f"{path}: its table belongs in conf/report/tables/{path.name}"

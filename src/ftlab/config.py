@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,15 +39,28 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("ftlab.package_dir", _package_dir)
 
 
-# Keys that never change what a run computes: where files go, how it is logged and shown (`ui`: progress lines,
-# third-party noise), which unlabeled test files it also predicts (`predict`), whether it keeps resume checkpoints, how
-# its table is rendered, and the sweep indices (`grid`: only the values they select, e.g. optim.lr, decide a run, so
-# index points that select the same values are one run, run once). Editing a table's text must not make every
-# completed run look new.
-NOT_RUN_DECIDING = ("paths", "logger", "hydra", "experiment_name", "grid", "table", "resume", "ui", "predict")
-UI_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "enable_model_summary")
-NOT_RUN_DECIDING_TRAIN = ("save_checkpoints",)
-NOT_RUN_DECIDING_METHOD = ("save_model",)  # whether the sparse model is also written to disk
+# The run identity: the groups of the resolved config that decide what a run computes, and nothing else. A key
+# outside them (paths, logger, hydra, ui, predict, resume, experiment_name; an experiment's helpers such as `grid`,
+# the sweep indices that select values, and `paper`, the paper's per-task settings it includes from
+# conf/report/papers/) decides a run only through the values it puts into these groups, and those are what is
+# compared: index points that select the same values are one run, run once. Table specs (conf/report/tables/) are not
+# part of the run config at all. Within a group every key counts except the few listed with it: switches that say only
+# what a run keeps on disk or how Lightning shows it. A top-level group that code reads at run time must be added here.
+RUN_GROUPS: dict[str, tuple[str, ...]] = {
+    "backbone": (),
+    "task": (),
+    "method": ("save_model",),                 # also write the sparse model to disk
+    "data": (),
+    "train": ("save_checkpoints",),            # keep the best-on-dev weights
+    "optim": (),
+    "trainer": ("enable_progress_bar", "log_every_n_steps", "enable_model_summary"),   # how Lightning shows the run
+    "seed": (),
+    "threads": (),
+}
+# Where Hydra finds the code to build: a class path (`_target_`, and `_partial_`: built now or given the rest of its
+# arguments at run time) decides nothing. The identity never included the code version, and a class that moves to
+# another module computes the same run.
+INSTANTIATION_KEYS = ("_target_", "_partial_")
 
 
 def identity_config(cfg: DictConfig) -> dict:
@@ -55,14 +69,53 @@ def identity_config(cfg: DictConfig) -> dict:
 
 
 def identity_of(config: dict) -> dict:
-    """identity_config of an already resolved config (e.g. the one a record stores)."""
-    identity = {k: v for k, v in config.items() if k not in NOT_RUN_DECIDING}
-    identity["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k not in UI_TRAINER_KEYS}
-    if isinstance(config.get("train"), dict):
-        identity["train"] = {k: v for k, v in config["train"].items() if k not in NOT_RUN_DECIDING_TRAIN}
-    if isinstance(config.get("method"), dict):
-        identity["method"] = {k: v for k, v in config["method"].items() if k not in NOT_RUN_DECIDING_METHOD}
+    """identity_config of an already resolved config (e.g. the one a record stores): its RUN_GROUPS, less each group's
+    listed switches, with every INSTANTIATION_KEYS key dropped at any depth (and a mapping left empty by that)."""
+    identity = {}
+    for group, switches in RUN_GROUPS.items():
+        if group not in config:
+            continue
+        value = config[group]
+        if isinstance(value, dict):
+            value = _without_targets({k: v for k, v in value.items() if k not in switches})
+        identity[group] = value
     return identity
+
+
+def _without_targets(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in INSTANTIATION_KEYS:
+                continue
+            value = _without_targets(value)
+            if isinstance(value, dict) and not value and isinstance(node[key], dict) and node[key]:
+                continue  # held only a `_target_` (and `_partial_`): names code, decides nothing
+            out[key] = value
+        return out
+    if isinstance(node, list):
+        return [_without_targets(item) for item in node]
+    return node
+
+
+# What reporting config a run config carried before it moved to conf/report/ (issue 18): an experiment's table spec
+# (top-level `table`, now conf/report/tables/<experiment>.yaml) and the papers' per-task settings (`task.paper`, now
+# conf/report/papers/<paper>.yaml). Records that still carry them predate the move: `python -m ftlab.migrate` drops
+# them.
+def reporting_keys(config: dict) -> list[str]:
+    """The pre-move reporting keys a stored config still carries ('table', 'task.paper'); empty for a current one."""
+    keys = ["table"] if "table" in config else []
+    if isinstance(config.get("task"), dict) and "paper" in config["task"]:
+        keys.append("task.paper")
+    return keys
+
+
+def without_reporting(config: dict) -> dict:
+    """A stored config as a run composes it today: the same values, minus the reporting keys it carried."""
+    config = {k: v for k, v in config.items() if k != "table"}
+    if isinstance(config.get("task"), dict):
+        config["task"] = {k: v for k, v in config["task"].items() if k != "paper"}
+    return config
 
 
 def run_identity(config: dict, data_files: dict) -> dict:

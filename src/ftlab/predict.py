@@ -4,7 +4,7 @@ GLUE's test labels are hidden, so runs evaluate on dev; `predict.splits=[test]` 
 test_mismatched, ax]`) adds, after training, the predictions of each unlabeled file to the record (`test_predictions`).
 A completed run launched again with splits its record lacks is not retrained: its kept best checkpoint predicts them.
 `python -m ftlab.submit` turns the records into the server's TSVs and zip. `predict` decides nothing about a run's
-result (ftlab.config.NOT_RUN_DECIDING).
+result (it is not one of ftlab.config.RUN_GROUPS).
 
 Files: `<predict.dir or the task's GLUE folder>/<split>.tsv`; `ax` is `<data_dir>/glue/diagnostic/diagnostic.tsv` (or
 `<predict.dir>/diagnostic.tsv`). A test file has a header: an `index` (QQP: `id`) column and the task's text columns

@@ -2,10 +2,11 @@
 results/claims.md, .csv, .png, the per-epoch plots and the figures of conf/report/figures.yaml: ftlab.claims,
 ftlab.epochs_plot, ftlab.report_figures).
 
-A table is declared by the `table:` block of an experiment YAML (conf/experiment/*.yaml): rows (a method, optionally
-pinned to config values by `where`), columns (task, metric, split), the aggregation rule over the records of each cell,
-and the published numbers it is compared with (src/ftlab/paper/*.yaml). A cell counts only the runs of its protocol
-(ftlab.protocol: the config the row and column would launch today); the others are named in the header as excluded.
+A table is declared by conf/report/tables/<experiment>.yaml for the experiment conf/experiment/<experiment>.yaml: rows
+(a method, optionally pinned to config values by `where`), columns (task, metric, split), the aggregation rule over
+the records of each cell, and the published numbers it is compared with (src/ftlab/paper/*.yaml). A cell counts only
+the runs of its protocol (ftlab.protocol: the config the row and column would launch today); the others are named in
+the header as excluded.
 A cell whose runs do not clear the did-not-learn gate (ftlab.gates) says so. Output depends on the records and the
 committed config alone, so the same records always give byte-identical files.
 """
@@ -22,7 +23,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from . import records as records_io
-from .config import CONF_DIR, PROJECT_ROOT
+from .config import CONF_DIR, PROJECT_ROOT, reporting_keys
 from .errors import ConfigError
 from .gates import Gate, load_gate
 from .protocol import Protocol
@@ -293,11 +294,29 @@ def _paper_value(numbers: dict[str, Any], column: DictConfig) -> str:
 
 
 def experiments_with_tables(conf_dir: Path) -> list[DictConfig]:
+    """Every experiment that has a table, with its table spec as `table`: conf/report/tables/<experiment>.yaml beside
+    conf/experiment/<experiment>.yaml (whose name and sweep the protocol composes). Reporting config stays out of the
+    run config; the pair is joined here, for the reports alone."""
     found = []
-    for path in sorted((conf_dir / "experiment").glob("*.yaml")):
-        experiment = OmegaConf.load(path)
-        if experiment.get("table"):
-            found.append(experiment)
+    for path in sorted((conf_dir / "report" / "tables").glob("*.yaml")):
+        source = conf_dir / "experiment" / path.name
+        if not source.is_file():
+            raise ConfigError(f"{path}: no experiment {source} (a table spec is named after the experiment it reports)")
+        experiment = OmegaConf.load(source)
+        experiment.table = OmegaConf.load(path)
+        found.append(experiment)
+    return found
+
+
+def current_records(records_dir: Path) -> list[dict[str, Any]]:
+    """Every record below `records_dir`. One stored before reporting config left the run config (its config still
+    carries `table` or `task.paper`) has a name of the old identity and would fail every protocol: an error names it
+    and the command that re-keys it."""
+    found = list(records_io.iter_records(records_dir))
+    stale = [record_file(record) for record in found if reporting_keys(record.get("config") or {})]
+    if stale:
+        raise ConfigError(f"{len(stale)} record(s) predate conf/report/ (their config carries table or task.paper), "
+                          f"e.g. {', '.join(stale[:3])}: run `python -m ftlab.migrate` to re-key them, then this again")
     return found
 
 
@@ -311,7 +330,7 @@ def write_tables(conf_dir: Path, records_dir: Path, results_dir: Path,
                  tables: dict[str, tuple[DictConfig, TableRuns]] | None = None, gate: Gate | None = None) -> list[Path]:
     """Every table's .md and .csv; the protocol is composed from `conf_dir`, the gate read from its report/gates.yaml."""
     if tables is None:
-        tables = experiment_runs(conf_dir, list(records_io.iter_records(records_dir)), Protocol(conf_dir).mismatches)
+        tables = experiment_runs(conf_dir, current_records(records_dir), Protocol(conf_dir).mismatches)
     gate = gate or load_gate(conf_dir / "report" / "gates.yaml")
     written = []
     for experiment, runs in tables.values():
@@ -331,7 +350,7 @@ def write_report(conf_dir: Path, records_dir: Path, results_dir: Path) -> list[P
     from .epochs_plot import write_epoch_plots
     from .report_figures import write_figures
 
-    tables = experiment_runs(conf_dir, list(records_io.iter_records(records_dir)), Protocol(conf_dir).mismatches)
+    tables = experiment_runs(conf_dir, current_records(records_dir), Protocol(conf_dir).mismatches)
     gate = load_gate(conf_dir / "report" / "gates.yaml")
     written = write_tables(conf_dir, records_dir, results_dir, tables, gate)
     written += write_claims(conf_dir / "claims", tables, gate, results_dir)
@@ -342,7 +361,7 @@ def write_report(conf_dir: Path, records_dir: Path, results_dir: Path) -> list[P
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", type=Path, default=CONF_DIR, help="config folder holding experiment/*.yaml")
+    parser.add_argument("--conf", type=Path, default=CONF_DIR, help="config folder holding experiment/ and report/tables/")
     parser.add_argument("--records", type=Path, default=PROJECT_ROOT / "results" / "records")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
     args = parser.parse_args(argv)

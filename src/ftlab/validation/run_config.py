@@ -1,8 +1,8 @@
 """validate_run_config: the types and ranges of every run-deciding key, checked before any model or data is loaded.
 
 The schema is the tables below (one Spec per dotted key) plus the cross-key rules of `_check_*`; `method.*` and
-`trainer.*` are checked against the constructors they are passed to (ftlab.validation.signature). Paths, loggers,
-the Hydra node and table text decide nothing about a run (ftlab.config.NOT_RUN_DECIDING) and are not checked here;
+`trainer.*` are checked against the constructors they are passed to (ftlab.validation.signature). Paths, loggers
+and the Hydra node decide nothing about a run (they are not ftlab.config.RUN_GROUPS) and are not checked here;
 backbone.* is checked where it is used (ftlab.backbones), since its keys differ per model family.
 """
 from __future__ import annotations
