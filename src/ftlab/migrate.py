@@ -11,23 +11,23 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
 from . import records
 from .config import PROJECT_ROOT, run_identity
 from .data.fingerprint import data_fingerprint
+from .records import RunRecord
 
 
-def rekey(record: dict[str, Any], data_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+def rekey(record: RunRecord, data_dir: Path, cache_dir: Path | None) -> RunRecord:
     """The record with `data_files`, `config_hash` and `name` of the current identity."""
-    config = record["config"]
-    task, data = OmegaConf.create(config["task"]), OmegaConf.create(config.get("data") or {})
-    data_files = record.get("data_files") or data_fingerprint(task, data, data_dir, cache_dir)
+    config = record.config
+    task, data = OmegaConf.create(record.task), OmegaConf.create(config.get("data") or {})
+    data_files = record.data_files or data_fingerprint(task, data, data_dir, cache_dir)
     identity = run_identity(config, data_files)
-    return {**record, "data_files": data_files, "config_hash": records.config_hash(identity),
-            "name": records.record_name(identity)}
+    return RunRecord(record, data_files=data_files, config_hash=records.config_hash(identity),
+                     name=records.record_name(identity))
 
 
 def migrate_folder(folder: Path, data_dir: Path, cache_dir: Path | None = None) -> list[tuple[Path, Path]]:
@@ -35,10 +35,10 @@ def migrate_folder(folder: Path, data_dir: Path, cache_dir: Path | None = None) 
     moved = []
     for path in sorted(Path(folder).rglob("*.json")):
         record = records.read(path)
-        if record is None or "config" not in record:
+        if record is None or not record.config:
             continue
         new = rekey(record, data_dir, cache_dir)
-        target = path.with_name(f"{new['name']}.json")
+        target = path.with_name(f"{new.name}.json")
         if new == record and target == path:
             continue
         if target != path and target.exists():
@@ -50,7 +50,7 @@ def migrate_folder(folder: Path, data_dir: Path, cache_dir: Path | None = None) 
     return moved
 
 
-def _rewrite(path: Path, record: dict[str, Any]) -> None:
+def _rewrite(path: Path, record: RunRecord) -> None:
     """Same name, new content (write_atomic refuses a different config_hash at the same path, rightly)."""
     os.remove(path)
     records.write_atomic(path, record)
