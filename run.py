@@ -29,7 +29,6 @@ def _terminate(signum: int, frame: object) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from ftlab.errors import FtlabError
-    from ftlab.records import best_score
     from ftlab.run_lock import RunLocked
     from ftlab.sweep import record_outcome, summary_lines, write_outcome
     from ftlab.train import Interrupted, launch_rank, run
@@ -70,11 +69,10 @@ def main(cfg: DictConfig) -> float | None:
             log.error("%s", err)
             raise SystemExit(1) from err
         raise
-    value = best_score(record)
+    value = record.best_score()
     outcome(**record_outcome(record))
-    split, metric = cfg.task.selection.split, cfg.task.selection.metric
     if launch_rank() == 0:
-        log.info("best %s/%s = %s (record %s)", split, metric, value, record["name"])
+        log.info("best %s = %s (record %s)", record.selection, value, record.name)
     return value
 
 

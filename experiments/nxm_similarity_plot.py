@@ -20,19 +20,17 @@ def collect(records_dir: Path, method: str = "nxm") -> list[dict[str, Any]]:
     """(task, rho, lr, batch size, mean similarity, best dev score, metric) of every completed run of `method`."""
     points = []
     for record in records.iter_records(records_dir):
-        config = record.get("config", {})
-        if record.get("status") != "completed" or config.get("method", {}).get("name") != method:
+        if not record.completed or record.method_name != method:
             continue
-        admm = (record.get("method_report") or {}).get("admm") or {}
-        best = (record.get("metrics") or {}).get("best") or {}
-        selection = record["metrics"]["selection"]
-        score = (best.get("metrics") or {}).get(selection["split"], {}).get(selection["metric"])
+        admm = record.method_report.get("admm") or {}
+        score = record.best_score()
         if admm.get("mean_similarity") is None or score is None:
             continue
+        config = record.config
         points.append({
-            "task": config["task"]["name"], "rho": admm["rho"], "lr": config["optim"]["lr"],
+            "task": record.task_name, "rho": admm["rho"], "lr": config["optim"]["lr"],
             "batch_size": config["train"]["batch_size"], "similarity": admm["mean_similarity"],
-            "score": score, "metric": selection["metric"],
+            "score": score, "metric": record.selection.metric,
         })
     return sorted(points, key=lambda p: (p["task"], p["similarity"]))
 

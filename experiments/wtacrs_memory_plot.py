@@ -64,18 +64,18 @@ def plot_records(folder: Path, out: Path) -> list[Path]:
     saved: dict[str, list[float]] = defaultdict(list)
     rss: dict[str, list[float]] = defaultdict(list)
     for record in records.iter_records(folder):
-        if record.get("status") != "completed":
+        if not record.completed:
             continue
-        method = record["config"]["method"]
+        method = record.method
         label = method["name"] + (f"@{method['budget']}" if "budget" in method else "")
-        first_step = (record.get("cost") or {}).get("saved_tensors")  # every run since the module measures it
+        first_step = record.cost.get("saved_tensors")  # every run since telemetry measures it
         if first_step is None:  # older WTA-CRS records carried it in the method's report only
-            first_step = (record.get("method_report") or {}).get("saved_tensors")
+            first_step = record.method_report.get("saved_tensors")
             first_step = {"bytes": first_step["whole_forward_bytes"]} if first_step else None
         if first_step is not None:
             saved[label].append(first_step["bytes"] / MIB)
-        if record.get("cost", {}).get("cpu_peak_rss_mb") is not None:
-            rss[label].append(record["cost"]["cpu_peak_rss_mb"])
+        if record.cost.get("cpu_peak_rss_mb") is not None:
+            rss[label].append(record.cost["cpu_peak_rss_mb"])
     labels = sorted(set(saved) | set(rss))
     if not labels:
         sys.exit(f"no completed records under {folder}")

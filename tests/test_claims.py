@@ -11,6 +11,7 @@ from ftlab.claims import evaluate_all, interval_verdict, load_claims, render_csv
 from ftlab.errors import ConfigError, DataError
 from ftlab.gates import Gate
 from ftlab.intervals import bootstrap_std_difference, welch_interval
+from ftlab.records import RunRecord
 from ftlab.tables import collect_runs
 
 EXPERIMENT = OmegaConf.create({"experiment_name": "syn", "table": {
@@ -19,10 +20,11 @@ EXPERIMENT = OmegaConf.create({"experiment_name": "syn", "table": {
     "columns": [{"task": "rte", "metric": "accuracy"}, {"task": "mrpc", "metric": "f1"}, {"task": "cola", "metric": "mcc"}]}})
 
 
-def run(task: str, method: str, seed: int, score: float, metric: str) -> dict:
-    return {"name": f"{task}-{method}-s{seed}", "config_hash": "x", "status": "completed", "experiment": "syn",
-            "config": {"task": {"name": task}, "method": {"name": method}, "seed": seed},
-            "metrics": {"selection": {"split": "dev", "metric": metric}, "best": {"metrics": {"dev": {metric: score}}}}}
+def run(task: str, method: str, seed: int, score: float, metric: str) -> RunRecord:
+    return RunRecord(
+        name=f"{task}-{method}-s{seed}", config_hash="x", status="completed", experiment="syn",
+        config={"task": {"name": task}, "method": {"name": method}, "seed": seed},
+        metrics={"selection": {"split": "dev", "metric": metric}, "best": {"metrics": {"dev": {metric: score}}}})
 
 
 def tables_of(scores: dict[tuple[str, str], list[float]]) -> dict:

@@ -13,6 +13,7 @@ from ftlab.config import CONF_DIR, PROJECT_ROOT
 from ftlab.errors import ConfigError
 from ftlab.gates import Gate, load_gate
 from ftlab.protocol import Protocol, _override_value, sweep_points
+from ftlab.records import RunRecord, iter_records
 from ftlab.tables import experiment_runs, experiments_with_tables, render_table
 from ftlab.validation import validate_run_config
 
@@ -114,30 +115,28 @@ def test_calibration_rows_match_the_launch_commands(experiments, compose_many) -
     row = next(r for r in experiments["dps_cpu_full_calibration"].table.rows if r.label == "DPS Mix, p 0.1, ur 0.2")
     launched = compose_many("experiment=dps_cpu_full_calibration", "method=dps_mix", "task=rte", "seed=1",
                             "grid.calibrated.dps_mix.p=0.1", "grid.calibrated.dps_mix.ur=0.2")
-    record = {"config": OmegaConf.to_container(launched, resolve=True)}
+    record = RunRecord(config=OmegaConf.to_container(launched, resolve=True))
     assert protocol.mismatches(experiments["dps_cpu_full_calibration"], row, "rte", record) == []
     lora = next(r for r in experiments["dsee_cpu_calibration"].table.rows if r.label == "LoRA, lr 2e-3")
     launched = compose_many("experiment=dsee_cpu_calibration", "method=dsee", "task=cola", "seed=1", "optim.lr=2e-3")
-    record = {"config": OmegaConf.to_container(launched, resolve=True)}
+    record = RunRecord(config=OmegaConf.to_container(launched, resolve=True))
     assert protocol.mismatches(experiments["dsee_cpu_calibration"], lora, "cola", record) == []
     assert "optim.lr" in sweep_points(experiments["dsee_cpu_calibration"])
 
 
 def test_committed_low_resource_runs_stay_on_protocol(experiments) -> None:
     """Making the method YAMLs read grid.calibrated moved no committed dps_cpu record off its protocol."""
-    from ftlab import records
-
     protocol = Protocol(CONF_DIR)
     experiment = experiments["dps_cpu"]
     rows = {(row.method, (row.get("where") or {}).get("method.variant")): row for row in experiment.table.rows}
     seen = set()
-    for record in records.iter_records(PROJECT_ROOT / "results" / "records" / "dps_cpu"):
-        method = record["config"]["method"]
+    for record in iter_records(PROJECT_ROOT / "results" / "records" / "dps_cpu"):
+        method = record.method
         key = (method["name"], method.get("variant") if method["name"] == "dps" else None)
-        if key in seen or record["config"]["task"]["name"] != "rte":
+        if key in seen or record.task_name != "rte":
             continue
         seen.add(key)
-        assert protocol.mismatches(experiment, rows[key], "rte", record) == [], record["name"]
+        assert protocol.mismatches(experiment, rows[key], "rte", record) == [], record.name
     assert len(seen) == 9
 
 
@@ -229,12 +228,12 @@ def test_figures_draw_the_runs_a_table_counts(tmp_path: Path) -> None:
         "rows": [{"label": "LoRA", "method": "lora"}, {"label": "DSEE", "method": "dsee"}],
         "columns": [{"task": "rte", "metric": "accuracy"}]}})
 
-    def record(method: str, seed: int, score: float, kept: float | None) -> dict:
+    def record(method: str, seed: int, score: float, kept: float | None) -> RunRecord:
         report = {} if kept is None else {"block_nonzero_percent": kept, "prune": "unstructured"}
-        return {"name": f"{method}{seed}", "status": "completed", "experiment": "syn", "method_report": report,
-                "config": {"task": {"name": "rte"}, "method": {"name": method}, "seed": seed},
-                "metrics": {"selection": {"split": "dev", "metric": "accuracy"},
-                            "best": {"metrics": {"dev": {"accuracy": score}}}}}
+        return RunRecord(name=f"{method}{seed}", status="completed", experiment="syn", method_report=report,
+                         config={"task": {"name": "rte"}, "method": {"name": method}, "seed": seed},
+                         metrics={"selection": {"split": "dev", "metric": "accuracy"},
+                                  "best": {"metrics": {"dev": {"accuracy": score}}}})
 
     runs = collect_runs(experiment, [record("lora", 1, 60.0, None), record("lora", 2, 62.0, None),
                                      record("dsee", 1, 59.0, 70.1)], lambda *args: [])

@@ -15,7 +15,7 @@ import pytest
 
 from ftlab import records
 from ftlab.errors import FtlabError
-from ftlab.run_lock import RunLock, RunLocked, state_of
+from ftlab.run_lock import RunLock, RunLocked
 from ftlab.status import folder_status
 from ftlab.train import run, run_paths
 
@@ -169,7 +169,7 @@ def test_kill_9_leaves_a_stale_record_reported_interrupted_and_resumed(tmp_path:
     proc.kill()
     proc.wait()
     path, record = _record(tmp_path, *SLOW)
-    assert record["status"] == "running" and state_of(record, path) == "interrupted"  # no lock holder
+    assert record["status"] == "running" and records.state_of(record, path) == "interrupted"  # no lock holder
     counts, notes = folder_status(tmp_path / "records")
     assert counts == {"interrupted": 1} and "no process holds its lock" in notes[0]
     again = _launch(tmp_path, *SLOW)

@@ -11,6 +11,7 @@ import pytest
 
 from ftlab import records
 from ftlab.errors import FtlabError, NonFiniteLossError
+from ftlab.records import RunRecord, Selection, metrics_section
 from ftlab.train import run
 
 from conftest import DATA_DIR, compose_config, tiny_overrides
@@ -40,6 +41,44 @@ def test_first_step_activations_are_measured_alike_for_every_method(run_tiny) ->
     plain = run_tiny("task=rte")["cost"]["saved_tensors"]["bytes"]
     rdrop = run_tiny("task=rte", "method=rdrop")["cost"]["saved_tensors"]["bytes"]  # one forward of the batch twice
     assert 1.8 * plain < rdrop < 2.2 * plain
+
+
+def _epoch(epoch: int, f1: float, accuracy: float) -> dict:
+    return {"epoch": epoch, "step": 3 * (epoch + 1), "metrics": {"dev": {"f1": f1, "accuracy": accuracy}},
+            "predictions": {"dev": [epoch]}, "correct": {"dev": [epoch % 2]}}
+
+
+def test_run_record_reads_and_builds_its_fields_in_one_place() -> None:
+    config = {"task": {"name": "mrpc", "selection": {"split": "dev", "metric": "f1"}}, "method": {"name": "nxm"},
+              "seed": 3, "paths": {"data_dir": "/machine/specific"}}
+    history = [_epoch(0, 70.0, 60.0), _epoch(1, 80.0, 55.0), _epoch(2, 75.0, 65.0)]
+    record = RunRecord.start("mrpc-nxm-x", "abc", "exp", config, {"train": "f00"})
+    assert record.status == "running" and record.resumable and not record.completed
+    assert "paths" not in record.config and record.data_files == {"train": "f00"}  # no machine paths in a record
+    assert record.selection is None and record.best_score() is None and record.history == []
+    record.complete({"metrics": metrics_section(history, record.selection_of_config())})
+    assert record.completed and record.selection == Selection("dev", "f1") and str(record.selection) == "dev/f1"
+    assert record.metrics["selection"]["rule"] == "best epoch on dev" and record.metrics["last"]["epoch"] == 2
+    assert record.best["epoch"] == 1 and record.best_score() == 80.0 and record.best_score("dev", "accuracy") == 55.0
+    assert record.best_score("test") is None and record.best_correct() == [1]
+    assert record.epoch_scores(None, "accuracy") == [(0, 60.0), (1, 55.0), (2, 65.0)]
+    assert (record.task_name, record.method_name, record.seed, record.file) == ("mrpc", "nxm", 3, "exp/mrpc-nxm-x.json")
+    stopped = RunRecord.start("mrpc-nxm-y", "abd", "exp", config, {})
+    stopped.end("interrupted", "interrupted by SIGTERM", history=history[:1])
+    assert stopped.status == "interrupted" and stopped.resumable and stopped.best_score() == 70.0
+    assert stopped.error == "interrupted by SIGTERM" and "finished" in stopped and "traceback" not in stopped
+
+
+def test_committed_records_read_and_write_back_byte_identically(tmp_path: Path) -> None:
+    """RunRecord is the JSON object as stored: every committed record round-trips unchanged."""
+    paths = sorted((ROOT / "results" / "records").rglob("*.json"))
+    assert paths
+    for path in paths:
+        record = records.read(path)
+        assert isinstance(record, RunRecord) and record.config_hash
+        copy = tmp_path / path.parent.name / path.name
+        records.write_atomic(copy, record)
+        assert copy.read_bytes() == path.read_bytes(), path
 
 
 def test_completed_run_is_skipped_when_launched_again(run_tiny) -> None:
@@ -133,7 +172,7 @@ def test_identity_is_the_run_groups_without_class_paths_and_is_recomputable_from
     cfg.optim.lr = 1e-3
     assert records.record_name(identity_config(cfg)) != before
     stored = OmegaConf.to_container(cfg, resolve=True)
-    stored.pop("paths")  # what a record keeps (train._portable_config)
+    stored.pop("paths")  # what a record keeps (records.RunRecord.start)
     assert identity_of(stored) == identity_config(cfg)
 
 

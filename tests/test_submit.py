@@ -53,8 +53,8 @@ def test_test_predictions_from_training_and_from_a_completed_runs_checkpoint(tmp
         lines = bundle.read("RTE.tsv").decode().splitlines()
     assert lines[0] == "index\tprediction" and [line.split("\t")[0] for line in lines[1:]] == [r[0] for r in ROWS]
     assert {line.split("\t")[1] for line in lines[1:]} <= {"entailment", "not_entailment"}
-    top = max(records.best_score(again), records.best_score(trained))  # two RTE records: one best on dev is submitted
-    submitted = [r["test_predictions"]["test"]["predictions"] for r in (again, trained) if records.best_score(r) == top]
+    top = max(again.best_score(), trained.best_score())  # two RTE records: one best on dev is submitted
+    submitted = [r.test_predictions["test"]["predictions"] for r in (again, trained) if r.best_score() == top]
     labels = ["entailment", "not_entailment"]
     assert [labels.index(line.split("\t")[1]) for line in lines[1:]] in submitted
 

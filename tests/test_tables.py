@@ -11,6 +11,7 @@ from ftlab import records
 from ftlab.config import CONF_DIR, PROJECT_ROOT
 from ftlab.errors import ConfigError
 from ftlab.gates import Gate
+from ftlab.records import RunRecord
 from ftlab.tables import aggregate, write_tables
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -23,14 +24,14 @@ def accept_all(experiment, row, task, record) -> list[str]:
 
 
 def fake_record(task: str, method: str, seed: int, score: float, correct: list[int], rho: float | None = None,
-                status: str = "completed", split: str = "dev", metric: str = "accuracy") -> dict:
+                status: str = "completed", split: str = "dev", metric: str = "accuracy") -> RunRecord:
     method_cfg = {"name": method, **({"rho": rho} if rho is not None else {})}
-    return {
-        "name": f"{task}-{method}-{seed}-{rho}", "config_hash": f"{task}{method}{seed}{rho}", "status": status,
-        "experiment": "golden", "config": {"task": {"name": task}, "method": method_cfg, "seed": seed},
-        "metrics": {"selection": {"split": split, "metric": metric},
-                    "best": {"metrics": {split: {metric: score}}, "correct": {split: correct}}},
-    }
+    return RunRecord(
+        name=f"{task}-{method}-{seed}-{rho}", config_hash=f"{task}{method}{seed}{rho}", status=status,
+        experiment="golden", config={"task": {"name": task}, "method": method_cfg, "seed": seed},
+        metrics={"selection": {"split": split, "metric": metric},
+                 "best": {"metrics": {split: {metric: score}}, "correct": {split: correct}}},
+    )
 
 
 def write_fixture_records(folder: Path) -> None:
@@ -45,7 +46,7 @@ def write_fixture_records(folder: Path) -> None:
         fake_record("mnli", "finetune", 1, 71.25, [1, 0, 1], split="dev_mm"),
     ]
     for r in recs:
-        records.write_atomic(folder / f"{r['name']}.json", r)
+        records.write_atomic(folder / f"{r.name}.json", r)
 
 
 def test_golden_table(tmp_path: Path) -> None:
@@ -97,7 +98,7 @@ def test_records_from_reuses_another_experiments_runs_and_says_so() -> None:
     assert "`dense` (results/records/dense/)" in markdown
 
 
-def two_row_table(recs: list[dict], **table: object) -> dict:
+def two_row_table(recs: list[RunRecord], **table: object) -> dict:
     """A table spec "t" of experiment "mine" (rows FT = finetune, NxM = nxm; columns RTE acc, MRPC F1) over `recs`."""
     for r in recs:
         r["experiment"] = "mine"
@@ -126,8 +127,8 @@ def test_difference_rows_state_how_far_a_row_lands_from_its_baseline() -> None:
 # --- protocol filtering (ftlab.protocol) -------------------------------------------------------------------------
 
 
-def committed(experiment: str, prefix: str) -> list[dict]:
-    return [r for r in records.iter_records(COMMITTED_RECORDS / experiment) if r["name"].startswith(prefix)]
+def committed(experiment: str, prefix: str) -> list[RunRecord]:
+    return [r for r in records.iter_records(COMMITTED_RECORDS / experiment) if r.name.startswith(prefix)]
 
 
 def table_lines(markdown: str) -> list[str]:
@@ -196,7 +197,7 @@ def test_sweep_points_take_the_records_value() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         launched = compose("config", overrides=["experiment=dsee_cpu", "method=dsee", "task=rte", "seed=3",
                                                 "grid.variant=lora"])
-    lora = {"config": OmegaConf.to_container(launched, resolve=True)}
+    lora = RunRecord(config=OmegaConf.to_container(launched, resolve=True))
     rows = {row.label: row for row in experiment.table.rows}
     protocol = Protocol(CONF_DIR)
     assert protocol.mismatches(experiment, rows["LoRA (dW_l, r=16)"], "rte", lora) == []

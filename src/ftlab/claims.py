@@ -155,13 +155,11 @@ def _column_split(experiment: DictConfig, task: str, metric: str) -> str | None:
 
 def evaluate(claim: Claim, task: str, tables: dict[str, tuple[DictConfig, Any]], gate: Gate) -> Outcome:
     """One claim on one task, from the runs its table counts."""
-    from .tables import score
-
     experiment, runs = tables[claim.table]
     metric = claim.metrics[task]
     split = _column_split(experiment, task, metric)
-    a = [v for v in (score(r, split, metric) for r in runs.runs(claim.a, task)) if v is not None]
-    b = [v for v in (score(r, split, metric) for r in runs.runs(claim.b, task)) if v is not None]
+    a = [v for v in (r.best_score(split, metric) for r in runs.runs(claim.a, task)) if v is not None]
+    b = [v for v in (r.best_score(split, metric) for r in runs.runs(claim.b, task)) if v is not None]
     is_std = claim.relation == "std(A) <= std(B)"
 
     def summary(values: list[float]) -> float | None:

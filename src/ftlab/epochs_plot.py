@@ -13,17 +13,15 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 from .figures import pyplot, save_png
 from .gates import Gate
+from .records import RunRecord
 
 
-def epoch_means(records: list[dict[str, Any]], split: str | None, metric: str) -> tuple[list[int], list[float]]:
+def epoch_means(records: list[RunRecord], split: str | None, metric: str) -> tuple[list[int], list[float]]:
     """(epochs, mean over the records that have that epoch) of `split`/`metric` (default split: selection's)."""
     per_epoch: dict[int, list[float]] = {}
     for record in records:
-        key = split or record["metrics"]["selection"]["split"]
-        for entry in record["metrics"].get("history") or []:
-            value = (entry.get("metrics") or {}).get(key, {}).get(metric)
-            if value is not None:
-                per_epoch.setdefault(int(entry["epoch"]), []).append(value)
+        for epoch, value in record.epoch_scores(split, metric):
+            per_epoch.setdefault(epoch, []).append(value)
     epochs = sorted(per_epoch)
     return epochs, [statistics.fmean(per_epoch[e]) for e in epochs]
 

@@ -33,19 +33,20 @@ from . import records
 from .checkpoints import RESUME_FILE, ResumeCheckpoint
 from .config import PROJECT_ROOT, run_identity, without_reporting
 from .data.fingerprint import data_fingerprint
+from .records import RunRecord
 from .run_lock import RunLock, RunLocked, lock_paths
 
 log = logging.getLogger("ftlab")
 
 
-def rekey(record: dict[str, Any], data_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+def rekey(record: RunRecord, data_dir: Path, cache_dir: Path | None) -> RunRecord:
     """The record with the stored config, `data_files`, `config_hash` and `name` of the current identity."""
     config = without_reporting(record["config"])
     task, data = OmegaConf.create(config["task"]), OmegaConf.create(config.get("data") or {})
     data_files = record.get("data_files") or data_fingerprint(task, data, data_dir, cache_dir)
     identity = run_identity(config, data_files)
-    return {**record, "config": config, "data_files": data_files, "config_hash": records.config_hash(identity),
-            "name": records.record_name(identity)}
+    return RunRecord(record, config=config, data_files=data_files, config_hash=records.config_hash(identity),
+                     name=records.record_name(identity))
 
 
 def migrate_folder(folder: Path, data_dir: Path, cache_dir: Path | None = None, runs_dir: Path | None = None,
@@ -62,7 +63,7 @@ def migrate_folder(folder: Path, data_dir: Path, cache_dir: Path | None = None, 
         if record is None or "config" not in record:
             continue
         new = rekey(record, data_dir, cache_dir)
-        target = path.with_name(f"{new['name']}.json")
+        target = path.with_name(f"{new.name}.json")
         if new == record and target == path:
             continue
         try:

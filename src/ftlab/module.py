@@ -1,7 +1,6 @@
 """The LightningModule: forward, loss, dev metrics, optimiser; every method-specific step goes through the hooks."""
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from typing import Any
@@ -16,7 +15,6 @@ from transformers import get_linear_schedule_with_warmup
 from .errors import NonFiniteLossError
 from .methods.base import Method
 from .metrics import compute_metrics, predictions
-from .saved_tensors import SavedTensorMeter, SavedTensors
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
 
@@ -28,10 +26,6 @@ class FineTuneModule(pl.LightningModule):
         self.eval_splits = list(task.eval_splits)
         self.history: list[dict[str, Any]] = []
         self._eval_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-        # what the first training forward (and loss) saved for backward: the step's activation peak, measured the
-        # same way for every method (saved_tensors); CPU allocators keep no peak statistics
-        self.saved_tensors: SavedTensors | None = None
-        self.saved_tensors_batch: dict[str, int] = {}
 
     # -- forward ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -50,17 +44,8 @@ class FineTuneModule(pl.LightningModule):
         self.method.on_train_batch_start(self, batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        first = self.saved_tensors is None
-        if first:
-            ids = batch.get("input_ids")
-            self.saved_tensors_batch = {"batch": int(batch["labels"].shape[0]),
-                                        "positions": int(ids.shape[1]) if ids is not None else 0}
-        meter = SavedTensorMeter(self.model, self.method.watched_modules()) if first else contextlib.nullcontext()
-        with meter:
-            outputs = self.method.training_forward(self, batch)
-            loss = self.method.training_loss(self, batch, outputs, outputs.loss)
-        if first:
-            self.saved_tensors = meter.result
+        outputs = self.method.training_forward(self, batch)
+        loss = self.method.training_loss(self, batch, outputs, outputs.loss)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "

@@ -3,7 +3,7 @@
 A table row declares runs of its experiment: `python run.py experiment=<e> method=<row.method> task=<column.task>`
 plus the row's `where` values. The protocol of a cell is that config (with the record's seed), composed here with
 Hydra's compose API from the same conf/ folder run.py reads, reduced to its run-deciding part
-(`ftlab.config.identity_of`). A record counts in the cell only if `identity_of(record["config"])` equals it, ignoring
+(`ftlab.config.identity_of`). A record counts in the cell only if `identity_of(record.config)` equals it, ignoring
 `seed` alone (seeds are the restarts a cell pools).
 
 Rules, decided here and stated in every table's header:
@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import identity_of
 from .errors import ConfigError
+from .records import RunRecord
 
 IGNORED = ("seed",)            # the restarts a cell pools over
 ROW_AND_COLUMN_KEYS = ("method", "task", "seed")  # set by the row, the column, or ignored: never taken from a record
@@ -136,10 +137,10 @@ class Protocol:
 
                 Singleton._instances[GlobalHydra] = saved
 
-    def mismatches(self, experiment: DictConfig, row: DictConfig, task: str, record: dict[str, Any]) -> list[str]:
+    def mismatches(self, experiment: DictConfig, row: DictConfig, task: str, record: RunRecord) -> list[str]:
         """Empty when `record` is a run of this row and task under the experiment's protocol; else the differences."""
         where = OmegaConf.to_container(row.get("where") or OmegaConf.create({}))
-        config = record["config"]
+        config = record.config
         # the record's seed composes too: a method may read it (reinit's `method.seed: ${seed}`); `seed` itself is then
         # equal by construction and ignored in the comparison
         overrides = [f"method={row.method}", f"task={task}", f"seed={_override_value(config.get('seed'))}"]

@@ -1,6 +1,24 @@
 """Run records: one JSON file per run, named by the hash of what decides its result (config and data), written
-atomically. A record's state changes only through this module: a reader never sees half a record, a damaged record is
-moved aside (never silently replaced), and a write that fails names the file."""
+atomically. This module owns the record: its fields are read through `RunRecord` (status, selection metric, best score,
+config) and built through it (`RunRecord.start`, `complete`, `end`, `metrics_section`), so no other module parses a
+record by hand. A record's state changes only through this module: a reader never sees half a record, a damaged record
+is moved aside (never silently replaced), and a write that fails names the file.
+
+The JSON on disk is the record itself (`RunRecord` is a dict): its fields, with the part of ftlab that fills each,
+
+    name, config_hash           the run's identity (record_name, config_hash; ftlab.config.run_identity)
+    status                      running | completed | failed | interrupted (see `Status`)
+    experiment, config          the experiment name and the resolved config minus machine paths
+    data_files                  the fingerprint of the data it read (ftlab.data.fingerprint)
+    started, finished, pid      when and by which process; `resumed` when it continued an interrupted run
+    metrics                     selection {split, metric, rule}, history [{epoch, step, metrics}], best and last
+                                epoch {epoch, step, metrics, predictions, correct} (`metrics_section`)
+    method_report, parameters   the method's own facts (Method.report) and parameter counts
+    cost, environment           telemetry (ftlab.telemetry.callbacks): time, throughput, peak memory, saved
+                                activations; library versions, commit, device
+    generation, test_predictions  what generation tasks decoded; predictions of unlabeled test files (ftlab.predict)
+    error, traceback            why a failed or interrupted run stopped
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,15 +28,18 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Mapping, NamedTuple, Sequence, TypedDict
 
 from .errors import FtlabError
+from .run_lock import is_held
 
 log = logging.getLogger("ftlab")
 
-# running: a process holds the run's lock (or held it and died: see ftlab.run_lock.state_of) | completed | failed |
+# running: a process holds the run's lock (or held it and died: see state_of) | completed | failed |
 # interrupted: stopped by SIGINT/SIGTERM (or found `running` with no holder); a relaunch resumes it
-STATUSES = ("running", "completed", "failed", "interrupted")
+Status = Literal["running", "completed", "failed", "interrupted"]
+SELECTION_RULE = "best epoch on dev"
+EPOCH_FIELDS = ("epoch", "step", "metrics", "predictions", "correct")
 
 
 class RecordError(FtlabError):
@@ -27,6 +48,217 @@ class RecordError(FtlabError):
 
 class CorruptRecordError(RecordError):
     """A record file exists but is not a record (truncated, not JSON, not UTF-8)."""
+
+
+class Selection(NamedTuple):
+    """The model-selection metric of a run: the best epoch is the one with the highest `metric` on `split`."""
+
+    split: str
+    metric: str
+
+    def __str__(self) -> str:
+        return f"{self.split}/{self.metric}"
+
+
+class EpochResult(TypedDict):
+    """metrics.best and metrics.last: one validated epoch (metrics.history keeps epoch, step and metrics alone)."""
+
+    epoch: int
+    step: int
+    metrics: dict[str, dict[str, float]]       # split -> metric -> value
+    predictions: dict[str, list[Any]]          # split -> per-example prediction, in dataset order
+    correct: dict[str, list[int]]              # split -> per-example right (1) / wrong (0); classification only
+
+
+class RunRecord(dict):
+    """One run's record: the JSON object as stored (a dict, so the file round-trips unchanged) with typed access to
+    what its fields mean. Readers use the properties and methods, never the nested keys."""
+
+    # -- building (ftlab.train) -----------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, name: str, config_hash: str, experiment: str | None, config: Mapping[str, Any],
+              data_files: Mapping[str, Any], resumed: Mapping[str, Any] | None = None) -> RunRecord:
+        """The record of a run that starts now in this process (status `running`). `config` is the resolved config:
+        its machine paths (`paths`) are left out, since records are committed and must not carry one machine's
+        folders."""
+        return cls(
+            name=name, config_hash=config_hash, status="running", pid=os.getpid(), experiment=experiment,
+            config={k: v for k, v in config.items() if k != "paths"}, data_files=dict(data_files), started=_now(),
+            **({"resumed": dict(resumed)} if resumed else {}),
+        )
+
+    def complete(self, result: Mapping[str, Any]) -> None:
+        """The run finished: its results (metrics, method_report, parameters, cost, environment, finished, ...)."""
+        self.update(result)
+        self["status"] = "completed"
+
+    def end(self, status: Status, error: str, traceback: str | None = None,
+            history: Sequence[Mapping[str, Any]] = ()) -> None:
+        """The run stopped (`failed` or `interrupted`): why, when, and the epochs it validated before (results too)."""
+        if history:
+            self["metrics"] = metrics_section(history, self.selection_of_config())
+        self.update(status=status, error=error, **({"traceback": traceback} if traceback is not None else {}))
+        self["finished"] = _now()
+
+    # -- identity and state ---------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        return self.get("name")
+
+    @property
+    def config_hash(self) -> str | None:
+        """None: not a run record (any other JSON file under a records folder)."""
+        return self.get("config_hash")
+
+    @property
+    def experiment(self) -> str | None:
+        return self.get("experiment")
+
+    @property
+    def file(self) -> str:
+        """Where the record lives under results/records/: <experiment>/<name>.json (run records are written so)."""
+        return f"{self.experiment}/{self.name}.json"
+
+    @property
+    def status(self) -> str:
+        """The status as written (`Status`); "unknown" for a record without one. See `state_of` for a `running`
+        record whose process is gone."""
+        return self.get("status", "unknown")
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def resumable(self) -> bool:
+        """Running or interrupted: a relaunch of its config continues it (from its last resume checkpoint)."""
+        return self.status in ("running", "interrupted")
+
+    @property
+    def error(self) -> str | None:
+        return self.get("error")
+
+    # -- config ---------------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config the run ran with (no machine paths)."""
+        return self.get("config") or {}
+
+    @property
+    def task(self) -> dict[str, Any]:
+        return self.config.get("task") or {}
+
+    @property
+    def method(self) -> dict[str, Any]:
+        return self.config.get("method") or {}
+
+    @property
+    def task_name(self) -> str | None:
+        return self.task.get("name")
+
+    @property
+    def method_name(self) -> str | None:
+        return self.method.get("name")
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def data_files(self) -> dict[str, Any] | None:
+        return self.get("data_files")
+
+    def selection_of_config(self) -> Selection:
+        """The selection metric the config asks for (task.selection), before any epoch is scored."""
+        selection = self.task["selection"]
+        return Selection(selection["split"], selection["metric"])
+
+    # -- scores ---------------------------------------------------------------------------------------------------
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.get("metrics") or {}
+
+    @property
+    def selection(self) -> Selection | None:
+        """The split and metric the best epoch was chosen on; None before any epoch was scored."""
+        selection = self.metrics.get("selection") or {}
+        return Selection(selection["split"], selection["metric"]) if selection.get("split") else None
+
+    @property
+    def best(self) -> EpochResult | None:
+        """The best-on-dev epoch (by the selection metric)."""
+        return self.metrics.get("best")
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every validated epoch: {epoch, step, metrics}."""
+        return self.metrics.get("history") or []
+
+    def _split(self, split: str | None) -> str | None:
+        if split:
+            return split
+        selection = self.selection
+        return selection.split if selection else None
+
+    def best_score(self, split: str | None = None, metric: str | None = None) -> float | None:
+        """The best epoch's score on `split`/`metric` (default: the selection split and metric); None if it has none."""
+        selection = self.selection
+        metric = metric or (selection.metric if selection else None)
+        return ((self.best or {}).get("metrics") or {}).get(self._split(split), {}).get(metric)
+
+    def best_correct(self, split: str | None = None) -> list[int] | None:
+        """The best epoch's per-example right/wrong on `split` (default: the selection split); None without one."""
+        return ((self.best or {}).get("correct") or {}).get(self._split(split))
+
+    def epoch_scores(self, split: str | None, metric: str) -> list[tuple[int, float]]:
+        """(epoch, value) of `split`/`metric` (default split: the selection split) for every validated epoch that
+        scored it."""
+        key = self._split(split)
+        scores = []
+        for entry in self.history:
+            value = (entry.get("metrics") or {}).get(key, {}).get(metric)
+            if value is not None:
+                scores.append((int(entry["epoch"]), value))
+        return scores
+
+    # -- other sections -------------------------------------------------------------------------------------------
+    @property
+    def method_report(self) -> dict[str, Any]:
+        return self.get("method_report") or {}
+
+    @property
+    def cost(self) -> dict[str, Any]:
+        return self.get("cost") or {}
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        return self.get("environment") or {}
+
+    @property
+    def test_predictions(self) -> dict[str, Any]:
+        """Unlabeled split -> {index, predictions, rows, weights, ...} (ftlab.predict)."""
+        return self.get("test_predictions") or {}
+
+
+def metrics_section(history: Sequence[Mapping[str, Any]], selection: Selection) -> dict[str, Any]:
+    """The record's `metrics` from the validated epochs (ftlab.module's history): the selection rule, every epoch's
+    metrics, and the best (by `selection`) and last epochs in full."""
+    scored = [h for h in history if selection.split in h["metrics"]]
+    best = max(scored, key=lambda h: h["metrics"][selection.split][selection.metric]) if scored else None
+    last = history[-1] if history else None
+    return {
+        "selection": {"split": selection.split, "metric": selection.metric, "rule": SELECTION_RULE},
+        "history": [{k: h[k] for k in ("epoch", "step", "metrics")} for h in history],
+        "best": _epoch_result(best), "last": _epoch_result(last),
+    }
+
+
+def _epoch_result(entry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if entry is None else {k: entry[k] for k in EPOCH_FIELDS}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def config_hash(identity: dict[str, Any]) -> str:
@@ -41,7 +273,7 @@ def record_name(identity: dict[str, Any]) -> str:
     ])
 
 
-def write_atomic(path: Path, record: dict[str, Any]) -> None:
+def write_atomic(path: Path, record: Mapping[str, Any]) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename: a reader never sees half a record
     and a crash leaves the previous version. Any OS error (disk full, read-only folder) is a RecordError naming `path`,
     and no temporary file is left behind."""
@@ -50,7 +282,7 @@ def write_atomic(path: Path, record: dict[str, Any]) -> None:
         existing = read(path)
     except CorruptRecordError:
         existing = None  # the caller moved it aside or is replacing it on purpose
-    if existing is not None and existing.get("config_hash") != record.get("config_hash"):
+    if existing is not None and existing.config_hash != record.get("config_hash"):
         raise RecordError(f"refusing to overwrite {path}: it holds the record of a different config")
     tmp = None
     try:
@@ -70,7 +302,7 @@ def write_atomic(path: Path, record: dict[str, Any]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def read(path: Path) -> dict[str, Any] | None:
+def read(path: Path) -> RunRecord | None:
     """The record at `path`, None if there is none; CorruptRecordError (naming the file) if it cannot be parsed."""
     path = Path(path)
     if not path.is_file():
@@ -81,7 +313,7 @@ def read(path: Path) -> dict[str, Any] | None:
         raise CorruptRecordError(f"{path}: not a valid run record ({type(err).__name__}: {err})") from err
     if not isinstance(record, dict):
         raise CorruptRecordError(f"{path}: not a valid run record (a JSON {type(record).__name__}, not an object)")
-    return record
+    return RunRecord(record)
 
 
 def move_aside(path: Path) -> Path:
@@ -91,7 +323,7 @@ def move_aside(path: Path) -> Path:
     return target
 
 
-def iter_records(folder: Path, skipped: list[Path] | None = None) -> Iterator[dict[str, Any]]:
+def iter_records(folder: Path, skipped: list[Path] | None = None) -> Iterator[RunRecord]:
     """Every record below `folder`, in a stable order. A damaged file is skipped with a warning naming it (and
     appended to `skipped` when given), never a crash: one truncated file must not hide every other result."""
     for path in sorted(Path(folder).rglob("*.json")):
@@ -102,14 +334,13 @@ def iter_records(folder: Path, skipped: list[Path] | None = None) -> Iterator[di
             if skipped is not None:
                 skipped.append(path)
             continue
-        if record is not None and "config_hash" in record:
+        if record is not None and record.config_hash is not None:
             yield record
 
 
-def best_score(record: dict[str, Any], split: str | None = None, metric: str | None = None) -> float | None:
-    """The record's best-on-dev score on `split`/`metric` (default: its selection split and metric)."""
-    metrics = record.get("metrics") or {}
-    selection = metrics.get("selection") or {}
-    split, metric = split or selection.get("split"), metric or selection.get("metric")
-    best = metrics.get("best") or {}
-    return (best.get("metrics") or {}).get(split, {}).get(metric)
+def state_of(record: RunRecord, path: Path) -> str:
+    """The record's status, with a `running` record whose process is gone (no holder of its run lock: kill -9, power
+    loss) reported as `interrupted`."""
+    if record.status == "running" and not is_held(path):
+        return "interrupted"
+    return record.status

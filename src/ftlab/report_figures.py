@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError
 from .figures import pyplot, save_png
 from .gates import Gate
+from .records import RunRecord
 
 MARKERS = {"dense": "D", "none": "o", "unstructured": "s", "structured": "^"}
 MODE_NAMES = {"dense": "full fine-tuning", "none": "adapters, no pruning", "unstructured": "unstructured pruning",
@@ -31,20 +32,18 @@ MODE_NAMES = {"dense": "full fine-tuning", "none": "adapters, no pruning", "unst
 
 
 def _values(runs: Any, label: str, column: DictConfig) -> list[float]:
-    from .tables import score
-
-    values = (score(r, column.get("split"), column.metric) for r in runs.runs(label, column.task))
+    values = (r.best_score(column.get("split"), column.metric) for r in runs.runs(label, column.task))
     return [v for v in values if v is not None]
 
 
-def _kept_percent(records: list[dict[str, Any]]) -> float:
+def _kept_percent(records: list[RunRecord]) -> float:
     """Median share of pre-trained block-linear weights a row's runs keep (100 when the method reports none)."""
-    kept = [(r.get("method_report") or {}).get("block_nonzero_percent") for r in records]
+    kept = [r.method_report.get("block_nonzero_percent") for r in records]
     return statistics.median([100.0 if k is None else float(k) for k in kept])
 
 
-def _prune_mode(records: list[dict[str, Any]]) -> str:
-    report = (records[0].get("method_report") or {}) if records else {}
+def _prune_mode(records: list[RunRecord]) -> str:
+    report = records[0].method_report if records else {}
     return str(report.get("prune") or ("none" if "prune" in report else "dense"))
 
 

@@ -1,8 +1,8 @@
 """One process per run identity: an OS file lock (flock through `filelock`) held for the whole run.
 
 The kernel drops the lock when its holder dies, kill -9 included, so a record left `running` with no lock holder is
-known to be interrupted. The holder's pid lives in a separate `.owner` file: `filelock` truncates the lock file itself
-whenever a contender opens it.
+known to be interrupted (ftlab.records.state_of). The holder's pid lives in a separate `.owner` file: `filelock`
+truncates the lock file itself whenever a contender opens it.
 """
 from __future__ import annotations
 
@@ -81,10 +81,3 @@ def is_held(record_path: Path) -> bool:
     lock.release()
     return False
 
-
-def state_of(record: dict[str, Any], record_path: Path) -> str:
-    """The record's status, with `running` records whose process is gone reported as `interrupted`."""
-    status = record.get("status", "unknown")
-    if status == "running" and not is_held(record_path):
-        return "interrupted"
-    return status

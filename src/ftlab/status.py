@@ -12,7 +12,6 @@ from pathlib import Path
 
 from . import records
 from .config import PROJECT_ROOT
-from .run_lock import state_of
 
 
 def folder_status(folder: Path) -> tuple[Counter, list[str]]:
@@ -25,12 +24,12 @@ def folder_status(folder: Path) -> tuple[Counter, list[str]]:
             counts["damaged"] += 1
             notes.append(f"damaged      {err}")
             continue
-        if record is None or "config_hash" not in record:
+        if record is None or record.config_hash is None:
             continue
-        state = state_of(record, path)
+        state = records.state_of(record, path)
         counts[state] += 1
         if state in ("interrupted", "failed"):
-            notes.append(f"{state:<12} {path}: {record.get('error') or 'no process holds its lock'}")
+            notes.append(f"{state:<12} {path}: {record.error or 'no process holds its lock'}")
     return counts, notes
 
 

@@ -12,9 +12,9 @@ import argparse
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from . import records
+from .records import RunRecord
 
 # (task, split) -> the server's file name
 SERVER_FILES = {
@@ -29,7 +29,7 @@ class SubmitError(Exception):
     pass
 
 
-def _records(paths: list[str]) -> list[dict[str, Any]]:
+def _records(paths: list[str]) -> list[RunRecord]:
     found = []
     for name in paths:
         path = Path(name)
@@ -43,47 +43,45 @@ def _records(paths: list[str]) -> list[dict[str, Any]]:
     return found
 
 
-def _label(record: dict[str, Any], prediction: float) -> str:
-    task = record["config"]["task"]
+def _label(record: RunRecord, prediction: float) -> str:
+    task = record.task
     if task["kind"] == "regression":
         return f"{min(max(prediction, 0.0), 5.0):.3f}"
     return str(task["local"]["label_values"][int(prediction)])
 
 
-def choose(found: list[dict[str, Any]]) -> tuple[dict[str, tuple[dict, str]], list[str]]:
+def choose(found: list[RunRecord]) -> tuple[dict[str, tuple[RunRecord, str]], list[str]]:
     """{server file: (record, split)} of the best-on-dev record per file, and notes on what was left out."""
-    chosen: dict[str, tuple[dict, str]] = {}
+    chosen: dict[str, tuple[RunRecord, str]] = {}
     notes = []
     for record in found:
-        predicted = record.get("test_predictions") or {}
-        if record.get("status") != "completed" or not predicted:
-            notes.append(f"{record.get('name')}: no test predictions; launch its command again with "
+        predicted = record.test_predictions
+        if not record.completed or not predicted:
+            notes.append(f"{record.name}: no test predictions; launch its command again with "
                          f"predict.splits=[test] (MNLI: [test_matched,test_mismatched,ax]): the completed run is "
                          f"reused and its best checkpoint predicts")
             continue
         for split in predicted:
-            server = SERVER_FILES.get((record["config"]["task"]["name"], split))
+            server = SERVER_FILES.get((record.task_name, split))
             if server is None:
-                notes.append(f"{record['name']}: {split} of task {record['config']['task']['name']} is no GLUE "
-                             "server file; skipped")
+                notes.append(f"{record.name}: {split} of task {record.task_name} is no GLUE server file; skipped")
                 continue
             previous = chosen.get(server)
-            if previous is None or (records.best_score(record) or float("-inf")) > \
-                    (records.best_score(previous[0]) or float("-inf")):
+            if previous is None or (record.best_score() or float("-inf")) > (previous[0].best_score() or float("-inf")):
                 if previous is not None:
-                    notes.append(f"{server}: {record['name']} is better on dev than {previous[0]['name']}")
+                    notes.append(f"{server}: {record.name} is better on dev than {previous[0].name}")
                 chosen[server] = (record, split)
     return chosen, notes
 
 
-def write(chosen: dict[str, tuple[dict, str]], out: Path) -> Path:
+def write(chosen: dict[str, tuple[RunRecord, str]], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "glue_submission.zip"
     with zipfile.ZipFile(archive.with_suffix(".zip.tmp"), "w", zipfile.ZIP_DEFLATED) as bundle:
         for server, (record, split) in sorted(chosen.items()):
-            entry = record["test_predictions"][split]
+            entry = record.test_predictions[split]
             if len(entry["index"]) != len(entry["predictions"]) or len(set(entry["index"])) != len(entry["index"]):
-                raise SubmitError(f"{record['name']}: {split} predictions do not match their index column")
+                raise SubmitError(f"{record.name}: {split} predictions do not match their index column")
             lines = ["index\tprediction"] + [f"{i}\t{_label(record, p)}"
                                              for i, p in zip(entry["index"], entry["predictions"])]
             text = "\n".join(lines) + "\n"
@@ -109,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ftlab.submit: {err}", file=sys.stderr)
         return 1
     for server, (record, split) in sorted(chosen.items()):
-        entry = record["test_predictions"][split]
-        print(f"{server:<12} {entry['rows']:>6} rows  dev {records.best_score(record)}  {record['name']} ({split})")
+        entry = record.test_predictions[split]
+        print(f"{server:<12} {entry['rows']:>6} rows  dev {record.best_score()}  {record.name} ({split})")
     missing = sorted(set(SERVER_FILES.values()) - set(chosen))
     if missing:
         print(f"the GLUE server scores a zip with all {len(SERVER_FILES)} files; missing: {', '.join(missing)}",

@@ -12,6 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from .records import RunRecord
+
 log = logging.getLogger("ftlab")
 OUTCOMES = ".ftlab_jobs"
 
@@ -35,15 +37,12 @@ def read_outcomes(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return found
 
 
-def record_outcome(record: dict[str, Any]) -> dict[str, Any]:
+def record_outcome(record: RunRecord) -> dict[str, Any]:
     """What the summary shows of a run record: status, name, its selection metric's best value, fit time."""
-    from .records import best_score
-
-    selection = (record.get("metrics") or {}).get("selection") or {}
-    metric = f"{selection['split']}/{selection['metric']}" if selection.get("split") else None
-    seconds = (record.get("cost") or {}).get("fit_seconds")
-    return {"status": record.get("status", "?"), "name": record.get("name"), "best": best_score(record),
-            "metric": metric, **({"fit_seconds": seconds} if seconds is not None else {})}
+    selection = record.selection
+    seconds = record.cost.get("fit_seconds")
+    return {"status": record.status, "name": record.name, "best": record.best_score(),
+            "metric": str(selection) if selection else None, **({"fit_seconds": seconds} if seconds is not None else {})}
 
 
 def summary_lines(outcomes: list[dict[str, Any]]) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from . import records as records_io
+from .records import RunRecord
 from .config import CONF_DIR, PROJECT_ROOT, reporting_keys
 from .errors import ConfigError
 from .gates import Gate, load_gate
@@ -37,24 +38,13 @@ RULES = {
 METRIC_NAMES = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
-def record_file(record: dict[str, Any]) -> str:
-    """Where a record lives under results/records/: <experiment>/<name>.json (run records are written so)."""
-    return f"{record.get('experiment')}/{record.get('name')}.json"
-
-
-def score(record: dict[str, Any], split: str | None, metric: str) -> float | None:
-    """A run's best-on-dev score on `split` (default: its selection split) and `metric`."""
-    best = record["metrics"].get("best") or {}
-    split = split or record["metrics"]["selection"]["split"]
-    return (best.get("metrics") or {}).get(split, {}).get(metric)
-
-
-def _score(record: dict[str, Any], column: DictConfig) -> float | None:
-    return score(record, column.get("split"), column.metric)
+def _score(record: RunRecord, column: DictConfig) -> float | None:
+    """A run's best-on-dev score on the column's split (default: the run's selection split) and metric."""
+    return record.best_score(column.get("split"), column.metric)
 
 
 # (experiment, row, task, record) -> the record's departures from the cell's protocol; empty = it counts
-ProtocolCheck = Callable[[DictConfig, DictConfig, str, dict[str, Any]], list[str]]
+ProtocolCheck = Callable[[DictConfig, DictConfig, str, RunRecord], list[str]]
 
 
 @dataclass
@@ -63,27 +53,26 @@ class TableRuns:
 
     sources: list[str]
     considered: int                                   # records of the source experiments, any status
-    matched: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    matched: dict[tuple[str, str], list[RunRecord]] = field(default_factory=dict)
     excluded: dict[str, list[str]] = field(default_factory=dict)   # record file -> differences to its closest row
 
-    def runs(self, label: str, task: str) -> list[dict[str, Any]]:
+    def runs(self, label: str, task: str) -> list[RunRecord]:
         return self.matched.get((label, task), [])
 
 
-def collect_runs(experiment: DictConfig, all_records: list[dict[str, Any]], protocol: ProtocolCheck) -> TableRuns:
+def collect_runs(experiment: DictConfig, all_records: list[RunRecord], protocol: ProtocolCheck) -> TableRuns:
     """Sort the completed records of the table's experiments (its own and `records_from`) into its cells: a record
     counts for a row and task when its method and task are the row's and the column's and `protocol` finds no
     difference; a record that could have counted for some row (same method, a task of the table) but matches none is
     excluded and named, never mixed in."""
     table = experiment.table
     sources = [experiment.experiment_name, *table.get("records_from", [])]
-    mine = [r for r in all_records if r.get("experiment") in sources]
+    mine = [r for r in all_records if r.experiment in sources]
     runs = TableRuns(sources, len(mine))
     tasks = {column.task for column in table.columns}
     for record in mine:
-        config = record.get("config") or {}
-        task, method = (config.get("task") or {}).get("name"), (config.get("method") or {}).get("name")
-        if record.get("status") != "completed" or task not in tasks:
+        task, method = record.task_name, record.method_name
+        if not record.completed or task not in tasks:
             continue
         reasons, counted = [], False
         for row in table.rows:
@@ -96,7 +85,7 @@ def collect_runs(experiment: DictConfig, all_records: list[dict[str, Any]], prot
                 runs.matched.setdefault((row.label, task), []).append(record)
                 counted = True
         if reasons and not counted:
-            runs.excluded[record_file(record)] = min(reasons, key=len)
+            runs.excluded[record.file] = min(reasons, key=len)
     return runs
 
 
@@ -114,15 +103,9 @@ def aggregate(values: list[float], rule: str) -> str:
     raise ConfigError(f"unknown table rule {rule!r}; valid rules: {sorted(RULES)}")
 
 
-def agreement(recs: list[dict[str, Any]], column: DictConfig) -> str:
+def agreement(recs: list[RunRecord], column: DictConfig) -> str:
     """Share of dev examples every restart gets right (easy), every restart gets wrong (hard), and the rest."""
-    split = column.get("split")
-    lists = []
-    for r in recs:
-        correct = (r["metrics"].get("best") or {}).get("correct") or {}
-        key = split or r["metrics"]["selection"]["split"]
-        if key in correct:
-            lists.append(correct[key])
+    lists = [c for c in (r.best_correct(column.get("split")) for r in recs) if c is not None]
     if len(lists) < 2 or len({len(c) for c in lists}) != 1:
         return "—"
     n = len(lists[0])
@@ -160,7 +143,7 @@ def load_paper(spec: DictConfig | None) -> tuple[dict[str, dict[str, Any]], str]
     return numbers, f"{data.source}; {settings}"
 
 
-def build_table(experiment: DictConfig, all_records: list[dict[str, Any]], protocol: ProtocolCheck | None = None,
+def build_table(experiment: DictConfig, all_records: list[RunRecord], protocol: ProtocolCheck | None = None,
                 gate: Gate | None = None) -> tuple[str, str]:
     """(markdown, csv) for one experiment's table; `protocol` defaults to composing conf/ (ftlab.protocol), `gate` to
     none (write_tables passes conf/report/gates.yaml's)."""
@@ -194,7 +177,7 @@ def render_table(experiment: DictConfig, runs: TableRuns, gate: Gate) -> tuple[s
             cell = aggregate(values, rule)
             if gate.fails(column.task, column.metric, values):
                 cell = f"did not learn ({cell})"
-                files = ", ".join(f"`{record_file(r)}`" for r, _ in scored)
+                files = ", ".join(f"`{r.file}`" for r, _ in scored)
                 failed.append(f"{row.label} / {column_title(column)} (mean {statistics.fmean(values):.2f} ≤ "
                               f"{gate.rule(column.task, column.metric)}: {files})")
             cells.append(cell)
@@ -320,7 +303,7 @@ def current_records(records_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-def experiment_runs(conf_dir: Path, all_records: list[dict[str, Any]],
+def experiment_runs(conf_dir: Path, all_records: list[RunRecord],
                     protocol: ProtocolCheck) -> dict[str, tuple[DictConfig, TableRuns]]:
     """experiment_name -> (experiment, the runs its table counts), for every experiment that declares a table."""
     return {e.experiment_name: (e, collect_runs(e, all_records, protocol)) for e in experiments_with_tables(conf_dir)}

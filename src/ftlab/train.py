@@ -1,11 +1,9 @@
-"""run(cfg): data -> model -> method -> Trainer -> fit -> run record."""
+"""run(cfg): data -> model -> method -> Trainer -> fit -> run record. Orchestration only: what the run measures about
+itself comes from ftlab.telemetry.callbacks, and the record is built and read through ftlab.records.RunRecord."""
 from __future__ import annotations
 
 import logging
 import os
-import platform
-import resource
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -19,32 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 from . import predict, quiet, records
 from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
 from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, resume_point
-from .config import PROJECT_ROOT, portable_path, run_identity
+from .config import portable_path, run_identity
 from .data.fingerprint import data_fingerprint
 from .data.module import TaskDataModule
 from .errors import ConfigError, FtlabError
 from .methods.base import Method
 from .module import FineTuneModule
 from .progress import progress_callbacks
+from .records import RunRecord, Selection, metrics_section
 from .run_lock import RunLock
+from .telemetry.callbacks import RunTelemetry
 from .validation import validate_data_files, validate_run_config
 
 log = logging.getLogger("ftlab")
-
-
-class ThroughputMeter(pl.Callback):
-    """Training time spent inside training batches (forward, backward, optimizer), samples and real tokens seen."""
-
-    def __init__(self) -> None:
-        self.seconds, self.samples, self.tokens, self._start = 0.0, 0, 0, 0.0
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.seconds += time.perf_counter() - self._start
-        self.samples += int(batch["labels"].shape[0])
-        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
 
 
 def available_cpus() -> int:
@@ -67,85 +52,8 @@ def build_method(cfg: DictConfig) -> Method:
     return method
 
 
-def environment() -> dict[str, Any]:
-    import transformers
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "pytorch_lightning": pl.__version__, "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def reset_peak_memory() -> bool:
-    """Start this run's peak-memory count. CUDA: the allocator's peak. CPU: Linux's peak resident set (VmHWM), reset by
-    writing 5 to /proc/self/clear_refs — else a multirun's later runs would report the process's all-time peak.
-    False where the CPU peak cannot be reset (then the record says the peak is the process's)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory_mb(since_reset: bool) -> dict[str, Any]:
-    if torch.cuda.is_available():
-        return {"cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
-    # CPU: the peak resident set (the allocator keeps no statistics on CPU); includes weights, data and the libraries
-    if since_reset:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return {"cpu_peak_rss_mb": int(line.split()[1]) / 1024, "cpu_peak_rss_scope": "run"}
-    return {"cpu_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss_scope": "process"}
-
-
-def saved_tensors_summary(module: FineTuneModule) -> dict[str, Any] | None:
-    """The activations the first training step saved for backward (every method measured the same way)."""
-    saved = module.saved_tensors
-    if saved is None:
-        return None
-    return {"bytes": saved.total_bytes, "measured_on": {"step": "first training forward", **module.saved_tensors_batch},
-            "largest": saved.largest(5)}
-
-
-def _portable_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config minus machine paths: records are committed and must not carry one machine's folders."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("paths", None)
-    return config
-
-
-def _selection_key(cfg: DictConfig) -> tuple[str, str]:
-    return cfg.task.selection.split, cfg.task.selection.metric
-
-
-def _best(history: list[dict[str, Any]], split: str, metric: str) -> dict[str, Any] | None:
-    scored = [h for h in history if split in h["metrics"]]
-    return max(scored, key=lambda h: h["metrics"][split][metric]) if scored else None
-
-
-def _summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if entry is None else {k: entry[k] for k in ("epoch", "step", "metrics", "predictions", "correct")}
-
-
-def _metrics(cfg: DictConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
-    split, metric = _selection_key(cfg)
-    best, last = _best(history, split, metric), (history[-1] if history else None)
-    return {
-        "selection": {"split": split, "metric": metric, "rule": "best epoch on dev"},
-        "history": [{k: h[k] for k in ("epoch", "step", "metrics")} for h in history],
-        "best": _summary(best), "last": _summary(last),
-    }
+def _selection(cfg: DictConfig) -> Selection:
+    return Selection(cfg.task.selection.split, cfg.task.selection.metric)
 
 
 class Interrupted(BaseException):
@@ -193,7 +101,7 @@ def launch_rank() -> int:
     return int(env.get("LOCAL_RANK") or 0) or int(env.get("NODE_RANK") or 0)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> RunRecord:
     """Train and evaluate one configuration; returns its record. A completed record for the same config and data is
     reused; an interrupted one resumes from its last epoch; a concurrent launch of the same run raises RunLocked.
     Under DDP the other ranks train alongside rank 0 but write nothing (_run_other_rank)."""
@@ -212,14 +120,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             kept = records.move_aside(path)
             log.warning("%s; kept it as %s and running the config again", err, kept.name)
             existing = None
-        if existing is not None and existing.get("status") == "completed":
+        if existing is not None and existing.completed:
             log.info("skipping %s: completed record at %s", name, path)
-            missing = [s for s in predict.requested(cfg) if s not in (existing.get("test_predictions") or {})]
+            missing = [s for s in predict.requested(cfg) if s not in existing.test_predictions]
             return _predict_completed(cfg, name, path, existing, missing) if missing else existing
         return _run_locked(cfg, name, path, identity, existing)
 
 
-def _predict_completed(cfg: DictConfig, name: str, path: Path, record: dict[str, Any], splits: list[str]) -> dict:
+def _predict_completed(cfg: DictConfig, name: str, path: Path, record: RunRecord, splits: list[str]) -> RunRecord:
     """Test predictions a completed record lacks, from its kept best checkpoint (no retraining)."""
     best = Path(cfg.paths.output_dir) / name / "checkpoints" / "best.ckpt"
     if not best.is_file():
@@ -234,14 +142,14 @@ def _predict_completed(cfg: DictConfig, name: str, path: Path, record: dict[str,
     method.setup(model, cfg.backbone)  # the same modules (adapters, masks) as the checkpoint's
     module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
     predict.load_best(module, best)
-    record = {**record, "test_predictions": {
-        **(record.get("test_predictions") or {}),
-        **predict.predict_files(cfg, model, tokenizer, splits, f"best-on-dev weights ({portable_path(best)})")}}
+    record = RunRecord(record, test_predictions={
+        **record.test_predictions,
+        **predict.predict_files(cfg, model, tokenizer, splits, f"best-on-dev weights ({portable_path(best)})")})
     records.write_atomic(path, record)
     return record
 
 
-def _run_other_rank(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any], rank: int) -> dict[str, Any]:
+def _run_other_rank(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any], rank: int) -> RunRecord:
     """A DDP rank > 0: trains with rank 0 (same config, same resume point) without the lock, records or resume files
     (Lightning saves checkpoints from rank 0 only). Returns what it computed, unwritten."""
     config_hash = records.config_hash(identity)
@@ -252,48 +160,42 @@ def _run_other_rank(cfg: DictConfig, name: str, path: Path, identity: dict[str, 
             existing = records.read(path)
         except records.CorruptRecordError:
             existing = None
-        if existing is not None and existing.get("status") == "completed":
+        if existing is not None and existing.completed:
             return existing
         resume = None
-        if existing is not None and existing.get("status") in ("running", "interrupted") and cfg.get("resume", True):
+        if existing is not None and existing.resumable and cfg.get("resume", True):
             resume = resume_point(Path(cfg.paths.output_dir) / name / "checkpoints" / RESUME_FILE, config_hash)
         ckpt_path = resume["checkpoint"] if resume else None
     log.debug("rank %d of %s: training alongside rank 0, which writes the record", rank, name)
     result = _fit(cfg, name, config_hash, ckpt_path, {})
-    return {"name": name, "config_hash": config_hash, "status": "completed", "rank": rank, "written": False, **result}
+    return RunRecord(name=name, config_hash=config_hash, status="completed", rank=rank, written=False, **result)
 
 
 def _run_locked(cfg: DictConfig, name: str, path: Path, identity: dict[str, Any],
-                existing: dict[str, Any] | None) -> dict[str, Any]:
+                existing: RunRecord | None) -> RunRecord:
     run_dir = Path(cfg.paths.output_dir) / name
     config_hash = records.config_hash(identity)
     resume = None
-    if existing is not None and existing.get("status") in ("running", "interrupted") and cfg.get("resume", True):
+    if existing is not None and existing.resumable and cfg.get("resume", True):
         resume = resume_point(run_dir / "checkpoints" / RESUME_FILE, config_hash)
-    record: dict[str, Any] = {
-        "name": name, "config_hash": config_hash, "status": "running", "pid": os.getpid(),
-        "experiment": cfg.get("experiment_name"), "config": _portable_config(cfg), "data_files": identity["data_files"],
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **({"resumed": {**resume, "checkpoint": portable_path(resume["checkpoint"]),
-                        "previous_status": existing["status"]}} if resume else {}),
-    }
+    record = RunRecord.start(
+        name, config_hash, cfg.get("experiment_name"), OmegaConf.to_container(cfg, resolve=True), identity["data_files"],
+        resumed={**resume, "checkpoint": portable_path(resume["checkpoint"]), "previous_status": existing.status}
+        if resume else None)
     progress: dict[str, Any] = {}
     os.environ[RESUME_ENV] = resume["checkpoint"] if resume else ""
     try:
         records.write_atomic(path, record)
-        record.update(_fit(cfg, name, config_hash, resume["checkpoint"] if resume else None, progress))
-        record["status"] = "completed"
+        record.complete(_fit(cfg, name, config_hash, resume["checkpoint"] if resume else None, progress))
         records.write_atomic(path, record)
     except BaseException as err:
         interruption = _as_interruption(err)
         module = progress.get("module")
-        if module is not None and module.history:  # the epochs validated before the failure are results too
-            record["metrics"] = _metrics(cfg, module.history)
+        history = module.history if module is not None else []  # the epochs validated before the failure: results too
         if interruption is not None:
-            record.update(status="interrupted", error=str(interruption))
+            record.end("interrupted", str(interruption), history=history)
         else:
-            record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            record.end("failed", f"{type(err).__name__}: {err}", traceback.format_exc(), history=history)
         try:
             records.write_atomic(path, record)
         except records.RecordError as write_err:
@@ -335,9 +237,8 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         data = TaskDataModule(task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
         module = FineTuneModule(model, method, task, cfg.optim, cfg.backbone)
     progress["module"] = module
-    meter = ThroughputMeter()
-    callbacks: list[pl.Callback] = [meter]
-    split, metric = _selection_key(cfg)
+    callbacks: list[pl.Callback] = []
+    split, metric = _selection(cfg)
     if cfg.train.save_checkpoints:
         callbacks.append(best_weights_callback(run_dir / "checkpoints", f"{split}/{metric}"))
     if cfg.get("resume", True) and method.resume_attributes is not None:
@@ -353,39 +254,30 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     # a bar only on a terminal (ftlab.progress); Lightning would otherwise add its own, which a log file shows as one
     # final frame
     trainer_kwargs["enable_progress_bar"] = any(isinstance(c, pl.callbacks.ProgressBar) for c in shown)
+    # throughput, peak memory, saved activations, environment: their window opens now, so the data module's setup
+    # (which the Trainer runs first) counts
+    telemetry = RunTelemetry(model, method.watched_modules, method.on_saved_tensors)
     trainer = pl.Trainer(
         **trainer_kwargs, max_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
-        accumulate_grad_batches=cfg.train.accumulate_grad_batches, callbacks=callbacks, logger=logger,
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches, callbacks=[*telemetry.callbacks, *callbacks],
+        logger=logger,
         default_root_dir=str(run_dir),
         enable_checkpointing=any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks),
     )
-    peak_is_per_run = reset_peak_memory()
-    start = time.perf_counter()
     if ckpt_path is not None:
         log.info("resuming %s from %s", name, ckpt_path)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)  # our own file: RNG state is numpy
-    fit_seconds = time.perf_counter() - start
-    world = max(1, trainer.world_size)
     if not module.history and not generation:  # generation may decode once at the end instead
         raise FtlabError(
             f"run {name} finished without a single validation (train.epochs={cfg.train.epochs}, "
             f"train.max_steps={cfg.train.max_steps}); it has no result to record"
         )
     result = {
-        "metrics": _metrics(cfg, module.history),
+        "metrics": metrics_section(module.history, _selection(cfg)),
         "method_report": method.report(module),
         "parameters": parameter_counts(model),
-        "cost": {
-            # under DDP every rank trains on an equal shard: samples of all ranks, in this rank's training time
-            "fit_seconds": fit_seconds, "train_seconds": meter.seconds, "train_samples": meter.samples * world,
-            "samples_per_s": meter.samples * world / meter.seconds if meter.seconds else None,
-            **({"world_size": world} if world > 1 else {}),
-            "tokens_per_s": meter.tokens * world / meter.seconds if meter.seconds else None,
-            "optimizer_steps": trainer.global_step, **peak_memory_mb(peak_is_per_run),
-            "saved_tensors": saved_tensors_summary(module),
-        },
-        "environment": {**environment(), "attn_implementation": model.config._attn_implementation,
-                        "adamw_fused": bool(trainer.optimizers and trainer.optimizers[0].defaults.get("fused"))},
+        "cost": telemetry.cost(),
+        "environment": telemetry.environment_section(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"generation": module.generation_report()} if generation else {}),
     }

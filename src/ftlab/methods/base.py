@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ..saved_tensors import SavedTensors
+
 if TYPE_CHECKING:
     from ..module import FineTuneModule
 
@@ -61,8 +63,12 @@ class Method:
 
     def watched_modules(self) -> dict[str, nn.Module]:
         """Modules whose saved activations the run record reports apart from the whole forward's (e.g. the layers a
-        method replaced); the module measures the first training forward (`FineTuneModule.saved_tensors`)."""
+        method replaced); the run measures the first training step (ftlab.telemetry.callbacks.SavedActivations)."""
         return {}
+
+    def on_saved_tensors(self, saved: SavedTensors, measured_on: dict[str, Any]) -> None:
+        """Once, after the first training step's forward and loss: what they saved for backward, in total and per
+        watched module (`saved.watched_bytes`), and the batch it was measured on. For a method that reports it."""
 
     def on_train_batch_start(self, module: FineTuneModule, batch: dict[str, torch.Tensor]) -> None:
         """Before each training micro-batch's forward: per-batch state keyed by the batch (e.g. the example indices

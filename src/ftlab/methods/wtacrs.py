@@ -21,10 +21,11 @@ input for a weight gradient anyway (the paper switches their sampling off too).
 
 Per-step mechanics: `on_train_batch_start` hands `batch["idx"]` to the ‖∇Z‖ cache (wtacrs_cache: one bf16 norm per
 (example, token position) per layer), each layer's backward writes its output-gradient row norms there, and the next
-visit of an example samples with p ∝ ‖X_i‖·‖∇Z_i‖. The module measures the first training forward of every
-run with `torch.autograd.graph.saved_tensors_hooks` (ftlab.saved_tensors); this method names the replaced layers
-(`watched_modules`), and `report()` gives their saved bytes and the whole forward's, the mean optimizer-step time, the
-cache size and the sampling statistics.
+visit of an example samples with p ∝ ‖X_i‖·‖∇Z_i‖. Every run measures its first training step with
+`torch.autograd.graph.saved_tensors_hooks` (ftlab.saved_tensors, ftlab.telemetry.callbacks.SavedActivations); this
+method names the replaced layers (`watched_modules`), receives the measurement (`on_saved_tensors`), and `report()`
+gives their saved bytes and the whole forward's, the mean optimizer-step time, the cache size and the sampling
+statistics.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from torch import nn
 
 from ..backbones import ROLES, block_linears
 from ..errors import ConfigError
+from ..saved_tensors import SavedTensors
 from .base import Method
 from .lora import LoRALayer, freeze_for_adapters
 from .wtacrs_attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE, HeadRowSampler,
@@ -111,6 +113,7 @@ class _WTACRSMethod(Method):
         self.watch: dict[str, nn.Module] = {}
         self._step_started: float | None = None
         self.step_seconds: list[float] = []
+        self._saved: tuple[SavedTensors, dict[str, Any]] | None = None  # the first training step's saved activations
 
     def sampler(self, name: str) -> RowSampler:
         self.samplers[name] = RowSampler(self.budget, self.min_k, self.floor, self.cache, name)
@@ -140,6 +143,9 @@ class _WTACRSMethod(Method):
 
     def watched_modules(self) -> dict[str, nn.Module]:
         return self.watch  # the replaced layers: the record's sampled_layers_bytes
+
+    def on_saved_tensors(self, saved: SavedTensors, measured_on: dict[str, Any]) -> None:
+        self._saved = (saved, measured_on)
 
     # -- hooks ----------------------------------------------------------------------------------------------------
     def on_fit_start(self, module: Any) -> None:
@@ -186,10 +192,10 @@ class _WTACRSMethod(Method):
                            "examples": self.cache.examples(), "positions": self.cache.max_positions,
                            "layers": len(self.cache.tables)},
         }
-        saved = getattr(module, "saved_tensors", None)  # FineTuneModule measures the first training forward
-        if saved is not None:
+        if self._saved is not None:  # the first training step's measurement (on_saved_tensors)
+            saved, measured_on = self._saved
             out["saved_tensors"] = {
-                "measured_on": {"step": "first training forward", **module.saved_tensors_batch},
+                "measured_on": measured_on,
                 "sampled_layers_bytes": saved.watched_total,
                 "sampled_layers_input_bytes_if_exact": sum(s.first_input_bytes or 0 for s in self.samplers.values()),
                 "whole_forward_bytes": saved.total_bytes,
