@@ -291,12 +291,12 @@ def experiments_with_tables(conf_dir: Path) -> list[DictConfig]:
     return found
 
 
-def current_records(records_dir: Path) -> list[dict[str, Any]]:
+def current_records(records_dir: Path) -> list[RunRecord]:
     """Every record below `records_dir`. One stored before reporting config left the run config (its config still
     carries `table` or `task.paper`) has a name of the old identity and would fail every protocol: an error names it
     and the command that re-keys it."""
     found = list(records_io.iter_records(records_dir))
-    stale = [record_file(record) for record in found if reporting_keys(record.get("config") or {})]
+    stale = [record.file for record in found if reporting_keys(record.get("config") or {})]
     if stale:
         raise ConfigError(f"{len(stale)} record(s) predate conf/report/ (their config carries table or task.paper), "
                           f"e.g. {', '.join(stale[:3])}: run `python -m ftlab.migrate` to re-key them, then this again")
