@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 
 from ftlab.backbones import load_model, load_tokenizer
 from ftlab.config import CONF_DIR, register_resolvers
-from ftlab.data.module import TaskDataModule
-from ftlab.module import FineTuneModule
+from ftlab.tasks.classification.datamodule import TaskDataModule
+from ftlab.tasks.module import FineTuneModule
 from ftlab.train import build_method
 
 METHODS = ("finetune", "asp", "nxm")
@@ -105,7 +105,7 @@ def best_of(fn: Any, repeats: int = 10) -> float:
 
 def isolated_work(method: Any, module: FineTuneModule, step: int) -> dict[str, float]:
     """Seconds of the method's own per-step work, timed alone (weights have gradients from the last step)."""
-    from ftlab.sparsity import mask_gradients_, mask_weights_
+    from ftlab.methods.sparsity.masks import mask_gradients_, mask_weights_
 
     if hasattr(method, "penalty"):
         def penalty_step() -> None:

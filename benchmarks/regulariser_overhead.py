@@ -42,8 +42,8 @@ from hydra import compose, initialize_config_dir
 
 from ftlab.backbones import load_model, load_tokenizer
 from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
-from ftlab.data.module import TaskDataModule
-from ftlab.module import FineTuneModule
+from ftlab.tasks.classification.datamodule import TaskDataModule
+from ftlab.tasks.module import FineTuneModule
 from ftlab.train import build_method
 
 METHODS = ["finetune", "mixout", "dps", "dps_mix", "r3f", "r4f", "rdrop", "reinit", "child_tuning_d"]

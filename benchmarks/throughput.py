@@ -23,10 +23,10 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 
 from ftlab.backbones import attention_for, load_model, load_tokenizer
 from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
-from ftlab.data.glue import read_local_split
-from ftlab.data.module import TaskDataModule
 from ftlab.methods.finetune import FineTune
-from ftlab.module import FineTuneModule
+from ftlab.tasks.classification.datamodule import TaskDataModule
+from ftlab.tasks.classification.glue import read_local_split
+from ftlab.tasks.module import FineTuneModule
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA_DIR = Path(os.environ.get("FTLAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))

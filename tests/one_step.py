@@ -11,9 +11,9 @@ import torch
 from conftest import compose_config, tiny_overrides
 
 from ftlab.backbones import load_model, load_tokenizer
-from ftlab.data.module import TaskDataModule
 from ftlab.methods import Method
-from ftlab.module import FineTuneModule
+from ftlab.tasks.classification.datamodule import TaskDataModule
+from ftlab.tasks.module import FineTuneModule
 
 
 def tiny_parts(tmp: Path, *overrides: str, dropout: float = 0.0):

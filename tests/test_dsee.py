@@ -14,11 +14,11 @@ from transformers import BertConfig, BertForSequenceClassification
 from ftlab.backbones import load_model
 from ftlab.config import CONF_DIR
 from ftlab.errors import ConfigError
-from ftlab.grebsmo import grebsmo, omega_indices
-from ftlab.head_pruning import remove_heads
-from ftlab.methods.dsee import DSEE
-from ftlab.methods.lora import LoRALayer, add_lora, lora_layers, merge_lora
-from ftlab.efficiency import block_linear_macs
+from ftlab.methods.lora.dsee import DSEE
+from ftlab.methods.lora.efficiency import block_linear_macs
+from ftlab.methods.lora.grebsmo import grebsmo, omega_indices
+from ftlab.methods.lora.head_pruning import remove_heads
+from ftlab.methods.lora.lora import LoRALayer, add_lora, lora_layers, merge_lora
 from conftest import compose_config
 
 

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
-from ftlab.methods.admm import SUPPORT, U, Z, NxMADMM, UnstructuredADMM
-from ftlab.methods.asp import MASK, ASP
-from ftlab.module import FineTuneModule
-from ftlab.sparsity import project_nm, target_layers
+from ftlab.methods.sparsity.admm import SUPPORT, U, Z, NxMADMM, UnstructuredADMM
+from ftlab.methods.sparsity.asp import MASK, ASP
+from ftlab.methods.sparsity.masks import project_nm, target_layers
+from ftlab.tasks.module import FineTuneModule
 
 from conftest import PROJECT_ROOT, compose_config
 
@@ -37,7 +37,7 @@ def fake_module(model: torch.nn.Module, step: int = 0, epoch: int = 0, max_epoch
 
 
 def independent_groups(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
-    """Non-zeros per group of m along the input dim, computed without ftlab.sparsity."""
+    """Non-zeros per group of m along the input dim, computed without ftlab.methods.sparsity.masks."""
     return (weight != 0).reshape(weight.shape[0], weight.shape[1] // m, m).sum(-1)
 
 

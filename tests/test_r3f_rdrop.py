@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from one_step import assert_same_gradients, one_step_gradients, tiny_parts
 
 from ftlab.errors import BackboneError, ConfigError
-from ftlab.methods.consistency import symmetric_kl, symmetric_kl_per_example
-from ftlab.methods.r3f import R3F, add_noise
-from ftlab.methods.rdrop import RDrop
-from ftlab.module import FineTuneModule
+from ftlab.methods.stability.consistency import symmetric_kl, symmetric_kl_per_example
+from ftlab.methods.stability.r3f import R3F, add_noise
+from ftlab.methods.stability.rdrop import RDrop
+from ftlab.tasks.module import FineTuneModule
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

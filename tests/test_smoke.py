@@ -9,7 +9,7 @@ def test_gradient_clipping_works_with_the_fused_optimizer():
 
     from ftlab.backbones import load_model
     from ftlab.methods.finetune import FineTune
-    from ftlab.module import FineTuneModule
+    from ftlab.tasks.module import FineTuneModule
 
     from conftest import compose_config
 

@@ -99,9 +99,9 @@ def read_unlabeled(cfg: DictConfig, path: Path) -> tuple[list[str], list[dict[st
 @torch.no_grad()
 def predict_files(cfg: DictConfig, model: torch.nn.Module, tokenizer: Any, splits: list[str], weights: str) -> dict:
     """{split: {file, rows, index, predictions, weights}} for each requested split, in file order."""
-    from .data.module import IndexedCollator
-    from .data.tokenize import tokenize_rows
-    from .metrics import predictions
+    from .tasks.classification.datamodule import IndexedCollator
+    from .tasks.classification.tokenize import tokenize_rows
+    from .tasks.classification.metrics import predictions
 
     collate = IndexedCollator(tokenizer, cfg.data.pad_to_multiple_of)
     device = next(model.parameters()).device

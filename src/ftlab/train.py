@@ -16,17 +16,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import predict, quiet, records
+from . import predict, records
 from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
 from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, resume_point
 from .config import PROJECT_ROOT, portable_path, run_identity
 from .data.fingerprint import data_fingerprint
-from .data.module import TaskDataModule
 from .errors import ConfigError, FtlabError
 from .methods.base import Method
-from .module import FineTuneModule
-from .progress import progress_callbacks
 from .run_lock import RunLock
+from .tasks.classification.datamodule import TaskDataModule
+from .tasks.module import FineTuneModule
+from .ui import quiet
+from .ui.progress import progress_callbacks
 from .validation import validate_data_files, validate_run_config
 
 log = logging.getLogger("ftlab")
@@ -315,7 +316,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     run_dir = Path(cfg.paths.output_dir) / name
     tokenizer = load_tokenizer(cfg.backbone)
     task = cfg.task
-    generation = task.kind == "generation"  # data-to-text: a decoder LM, ftlab.nlg's data module and module
+    generation = task.kind == "generation"  # data-to-text: a decoder LM, ftlab.tasks.generation's data module and module
     attention = attention_for(cfg.trainer.accelerator)
     model = load_model(cfg.backbone, head="causal_lm", attn_implementation=attention) if generation else load_model(
         cfg.backbone, attn_implementation=attention, num_labels=task.num_labels,
@@ -328,7 +329,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     method.setup(model, cfg.backbone)
     cache_dir = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
     if generation:
-        from .nlg.module import build_generation_parts
+        from .tasks.generation.module import build_generation_parts
 
         data, module = build_generation_parts(cfg, model, method, tokenizer, run_dir)
     else:
@@ -350,7 +351,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     callbacks.extend(shown)
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    # a bar only on a terminal (ftlab.progress); Lightning would otherwise add its own, which a log file shows as one
+    # a bar only on a terminal (ftlab.ui.progress); Lightning would otherwise add its own, which a log file shows as one
     # final frame
     trainer_kwargs["enable_progress_bar"] = any(isinstance(c, pl.callbacks.ProgressBar) for c in shown)
     trainer = pl.Trainer(

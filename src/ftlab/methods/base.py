@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..module import FineTuneModule
+    from ..tasks.module import FineTuneModule
 
 
 class Method:

@@ -12,8 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..data.d2t_readers import READERS
 from ..errors import ConfigError
+from ..tasks.generation.readers import READERS
 from .lookup import ABSENT, origin, resolved
 from .ranges import METHOD_RANGES, TRAINER_RANGES
 from .signature import check_against
@@ -60,7 +60,7 @@ LABELLED_KEYS: dict[str, Spec] = {  # classification and regression
     "task.text_fields": Spec(list, items=Spec(str)),
 }
 
-GENERATION_KEYS: dict[str, Spec] = {  # task/{e2e,webnlg,dart}.yaml; read by ftlab.nlg.decode.generation_kwargs
+GENERATION_KEYS: dict[str, Spec] = {  # task/{e2e,webnlg,dart}.yaml; read by ftlab.tasks.generation.decode.generation_kwargs
     "task.format": Spec(str, choices=tuple(READERS)),
     "task.label_smoothing": Spec(float, UNIT, nullable=True, required=False),
     "task.decoding.num_beams": Spec(int, ge(1), why="1 decodes greedily"),

@@ -1,0 +1,3 @@
+from ftlab.report.tables import main
+
+main()

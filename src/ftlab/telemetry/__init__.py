@@ -1,0 +1,1 @@
+"""Measurements a run records about itself (saved-for-backward tensors)."""
