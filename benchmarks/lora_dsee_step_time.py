@@ -25,7 +25,7 @@ from ftlab.config import CONF_DIR
 from ftlab.methods.base import Method
 from ftlab.methods.lora.dsee import DSEE
 from ftlab.methods.lora.lora import LoRA
-from ftlab.tasks.classification.datamodule import TaskDataModule
+from ftlab.tasks.classification.datamodule import ClassificationDataModule
 
 
 def compose(overrides: list[str]):
@@ -38,7 +38,7 @@ def compose(overrides: list[str]):
 def batches(cfg, count: int) -> list[dict[str, torch.Tensor]]:
     tokenizer = load_tokenizer(cfg.backbone)
     cache = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
-    data = TaskDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache, 32, seed=1)
+    data = ClassificationDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache, 32, seed=1)
     loader = iter(data.train_dataloader())
     return [{k: v for k, v in next(loader).items() if k != "idx"} for _ in range(count)]
 

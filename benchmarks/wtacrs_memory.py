@@ -44,7 +44,7 @@ from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
 from ftlab.methods.base import Method
 from ftlab.methods.lora.lora import LoRA
 from ftlab.methods.wtacrs.method import WTACRS, LoRAWTACRS
-from ftlab.tasks.classification.datamodule import TaskDataModule
+from ftlab.tasks.classification.datamodule import ClassificationDataModule
 from ftlab.telemetry.saved_tensors import SavedTensorMeter, SavedTensors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,7 +99,7 @@ def compose(overrides: list[str]):
 
 def first_batch(cfg, tokenizer, batch_size: int) -> dict[str, torch.Tensor]:
     cache = Path(cfg.paths.cache_dir) / "tokenized"
-    data = TaskDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, cache, batch_size, seed=0)
+    data = ClassificationDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, cache, batch_size, seed=0)
     data.setup()
     return next(iter(data.train_dataloader()))  # length-grouped: the first batch holds the longest sequence
 

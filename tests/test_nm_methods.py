@@ -18,7 +18,7 @@ from ftlab.errors import ConfigError
 from ftlab.methods.sparsity.admm import SUPPORT, U, Z, NxMADMM, UnstructuredADMM
 from ftlab.methods.sparsity.asp import MASK, ASP
 from ftlab.methods.sparsity.masks import project_nm, target_layers
-from ftlab.tasks.module import FineTuneModule
+from ftlab.tasks.classification.module import ClassificationModule
 
 from conftest import PROJECT_ROOT, compose_config
 
@@ -207,7 +207,7 @@ def train_weights(method: Any, batch_size: int, accumulate: int) -> dict[str, to
     optim = OmegaConf.create({"lr": 1e-2, "weight_decay": 0.01, "warmup_ratio": 0.0, "warmup_steps": 0,
                               "betas": [0.9, 0.999], "eps": 1e-8})
     task = OmegaConf.create({"eval_splits": [], "kind": "classification", "metrics": ["accuracy"]})
-    module = FineTuneModule(model, method, task, optim, backbone)
+    module = ClassificationModule(model, method, task, optim)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, accumulate_grad_batches=accumulate, precision="32-true",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)

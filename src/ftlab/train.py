@@ -17,15 +17,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import predict, records
-from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
+from .backbones import attention_for, load_tokenizer, parameter_counts
 from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, resume_point
 from .config import PROJECT_ROOT, portable_path, run_identity
 from .data.fingerprint import data_fingerprint
 from .errors import ConfigError, FtlabError
 from .methods.base import Method
 from .run_lock import RunLock
-from .tasks.classification.datamodule import TaskDataModule
-from .tasks.module import FineTuneModule
+from .tasks.module import TaskModule, task_classes
 from .ui import quiet
 from .ui.progress import progress_callbacks
 from .validation import validate_data_files, validate_run_config
@@ -110,7 +109,7 @@ def peak_memory_mb(since_reset: bool) -> dict[str, Any]:
     return {"cpu_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss_scope": "process"}
 
 
-def saved_tensors_summary(module: FineTuneModule) -> dict[str, Any] | None:
+def saved_tensors_summary(module: TaskModule) -> dict[str, Any] | None:
     """The activations the first training step saved for backward (every method measured the same way)."""
     saved = module.saved_tensors
     if saved is None:
@@ -228,12 +227,12 @@ def _predict_completed(cfg: DictConfig, name: str, path: Path, record: dict[str,
                     "or removed): delete its record to retrain it", name, splits, best)
         return record
     tokenizer = load_tokenizer(cfg.backbone)
-    model = load_model(cfg.backbone, attn_implementation=attention_for(cfg.trainer.accelerator),
-                       num_labels=cfg.task.num_labels,
-                       problem_type="regression" if cfg.task.kind == "regression" else "single_label_classification")
+    data_class, module_class = task_classes(cfg.task)
+    model = module_class.load_model(cfg.backbone, cfg.task, attention_for(cfg.trainer.accelerator))
     method = build_method(cfg)
     method.setup(model, cfg.backbone)  # the same modules (adapters, masks) as the checkpoint's
-    module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
+    run_dir = Path(cfg.paths.output_dir) / name
+    module = module_class.for_run(cfg, model, method, data_class.for_run(cfg, tokenizer), run_dir)
     predict.load_best(module, best)
     record = {**record, "test_predictions": {
         **(record.get("test_predictions") or {}),
@@ -315,26 +314,15 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir) / name
     tokenizer = load_tokenizer(cfg.backbone)
-    task = cfg.task
-    generation = task.kind == "generation"  # data-to-text: a decoder LM, ftlab.tasks.generation's data module and module
-    attention = attention_for(cfg.trainer.accelerator)
-    model = load_model(cfg.backbone, head="causal_lm", attn_implementation=attention) if generation else load_model(
-        cfg.backbone, attn_implementation=attention, num_labels=task.num_labels,
-        problem_type="regression" if task.kind == "regression" else "single_label_classification",
-    )
+    data_class, module_class = task_classes(cfg.task)  # the task config names them by _target_
+    model = module_class.load_model(cfg.backbone, cfg.task, attention_for(cfg.trainer.accelerator))
     model.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: dropout would stay off
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     method = build_method(cfg)
     method.setup(model, cfg.backbone)
-    cache_dir = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
-    if generation:
-        from .tasks.generation.module import build_generation_parts
-
-        data, module = build_generation_parts(cfg, model, method, tokenizer, run_dir)
-    else:
-        data = TaskDataModule(task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
-        module = FineTuneModule(model, method, task, cfg.optim, cfg.backbone)
+    data = data_class.for_run(cfg, tokenizer)
+    module = module_class.for_run(cfg, model, method, data, run_dir)
     progress["module"] = module
     meter = ThroughputMeter()
     callbacks: list[pl.Callback] = [meter]
@@ -367,7 +355,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)  # our own file: RNG state is numpy
     fit_seconds = time.perf_counter() - start
     world = max(1, trainer.world_size)
-    if not module.history and not generation:  # generation may decode once at the end instead
+    if not module.history and not module.evaluates_at_fit_end:
         raise FtlabError(
             f"run {name} finished without a single validation (train.epochs={cfg.train.epochs}, "
             f"train.max_steps={cfg.train.max_steps}); it has no result to record"
@@ -388,9 +376,9 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         "environment": {**environment(), "attn_implementation": model.config._attn_implementation,
                         "adamw_fused": bool(trainer.optimizers and trainer.optimizers[0].defaults.get("fused"))},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **({"generation": module.generation_report()} if generation else {}),
+        **module.record_extras(),
     }
-    if predict.requested(cfg) and not generation and trainer.is_global_zero:  # last: it may load the best weights
+    if predict.requested(cfg) and trainer.is_global_zero:  # last: it may load the best weights
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             predict.load_best(module, Path(best))

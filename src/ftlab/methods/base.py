@@ -1,8 +1,9 @@
 """The method hook protocol.
 
-`FineTuneModule` calls these hooks at fixed points of the Lightning loop; every hook defaults to doing nothing, so a
-method overrides only what it needs. State a method keeps (masks, ADMM Z and U, caches) lives on the method instance
-or as buffers on the model, never in class attributes or module globals: two runs in one process must not meet.
+`ftlab.tasks.module.TaskModule` calls these hooks at fixed points of the Lightning loop; every hook defaults to doing
+nothing, so a method overrides only what it needs. State a method keeps (masks, ADMM Z and U, caches) lives on the
+method instance or as buffers on the model, never in class attributes or module globals: two runs in one process must
+not meet.
 
 Order within one optimizer step: training_forward -> training_loss (every micro-batch) -> on_before_optimizer_step (once, unscaled
 gradients, before clipping) -> optimizer.step -> on_after_optimizer_step (once; Lightning increments
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..tasks.module import FineTuneModule
+    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
 
 
 class Method:
@@ -61,7 +62,7 @@ class Method:
 
     def watched_modules(self) -> dict[str, nn.Module]:
         """Modules whose saved activations the run record reports apart from the whole forward's (e.g. the layers a
-        method replaced); the module measures the first training forward (`FineTuneModule.saved_tensors`)."""
+        method replaced); the module measures the first training forward (`TaskModule.saved_tensors`)."""
         return {}
 
     def on_train_batch_start(self, module: FineTuneModule, batch: dict[str, torch.Tensor]) -> None:

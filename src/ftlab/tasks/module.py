@@ -1,9 +1,15 @@
-"""The LightningModule: forward, loss, dev metrics, optimiser; every method-specific step goes through the hooks."""
+"""The LightningModule both task kinds share: forward, training step, resume state and optimiser, with every
+method-specific step going through the method's hooks. A task kind subclasses it with its model head (`load_model`),
+its construction from a run's config (`for_run`) and its evaluation (validation_step and on_validation_epoch_end):
+tasks.classification.module.ClassificationModule, tasks.generation.module.GenerationModule. The task config names
+the subclass by `task.module._target_`, and its datamodule (a tasks.datamodule.TaskDataModule) by
+`task.datamodule._target_`."""
 from __future__ import annotations
 
 import contextlib
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,25 +19,54 @@ from omegaconf import DictConfig
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from ..config import import_class
 from ..errors import NonFiniteLossError
 from ..methods.base import Method
 from ..telemetry.saved_tensors import SavedTensorMeter, SavedTensors
-from .classification.metrics import compute_metrics, predictions
+from .datamodule import TaskDataModule
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
 
 
-class FineTuneModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, method: Method, task: DictConfig, optim: DictConfig, backbone: DictConfig):
+def task_classes(task: DictConfig) -> tuple[type[TaskDataModule], type[TaskModule]]:
+    """The datamodule and LightningModule classes a task config names by `task.datamodule._target_` and
+    `task.module._target_`, imported (a ConfigError names the key when one is missing or wrong)."""
+    return (import_class((task.get("datamodule") or {}).get("_target_"), "task.datamodule._target_", TaskDataModule),
+            import_class((task.get("module") or {}).get("_target_"), "task.module._target_", TaskModule))
+
+
+class TaskModule(pl.LightningModule):
+    def __init__(self, model: nn.Module, method: Method, task: DictConfig, optim: DictConfig):
         super().__init__()
-        self.model, self.method, self.task, self.optim, self.backbone = model, method, task, optim, backbone
+        self.model, self.method, self.task, self.optim = model, method, task, optim
         self.eval_splits = list(task.eval_splits)
         self.history: list[dict[str, Any]] = []
-        self._eval_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         # what the first training forward (and loss) saved for backward: the step's activation peak, measured the
         # same way for every method (saved_tensors); CPU allocators keep no peak statistics
         self.saved_tensors: SavedTensors | None = None
         self.saved_tensors_batch: dict[str, int] = {}
+
+    # -- what a task kind provides ------------------------------------------------------------------------------
+    @classmethod
+    def load_model(cls, backbone: DictConfig, task: DictConfig, attn_implementation: str | None) -> nn.Module:
+        """The pre-trained backbone with this task kind's head."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_run(
+        cls, cfg: DictConfig, model: nn.Module, method: Method, data: TaskDataModule, run_dir: Path
+    ) -> TaskModule:
+        """The module of a run: the composed config, its model (method set up), datamodule and output folder."""
+        return cls(model, method, cfg.task, cfg.optim)
+
+    @property
+    def evaluates_at_fit_end(self) -> bool:
+        """True when the module evaluates once more after training (a run may then end without a validation)."""
+        return False
+
+    def record_extras(self) -> dict[str, Any]:
+        """What this task kind adds to the run record (nothing by default)."""
+        return {}
 
     # -- forward ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -101,71 +136,12 @@ class FineTuneModule(pl.LightningModule):
             np.random.set_state(rng["numpy"])
             random.setstate(rng["python"])
 
-    # -- evaluation ---------------------------------------------------------------------------------------------
+    # -- evaluation hooks (the evaluation itself is the task kind's) --------------------------------------------
     def on_validation_start(self) -> None:
         self.method.on_validation_start(self)
 
     def on_validation_end(self) -> None:
         self.method.on_validation_end(self)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        logits = self(batch).logits.float()
-        self._eval_outputs.setdefault(dataloader_idx, []).append((logits.cpu(), batch["labels"].cpu(), batch["idx"].cpu()))
-
-    def _gathered(self, outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, ...]:
-        """(logits, labels, idx) of the whole split. Under DDP each rank saw only its shard of the dev set (Lightning's
-        DistributedSampler, padded with repeated rows so the shards are equal): gather every rank's outputs and keep
-        each example once, so every rank scores the full split exactly as one process would."""
-        local = [torch.cat([o[k] for o in outputs]).numpy() if outputs else None for k in range(3)]
-        trainer = self._trainer
-        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_available() \
-                or not torch.distributed.is_initialized():
-            return tuple(local)
-        shards: list[Any] = [None] * trainer.world_size
-        torch.distributed.all_gather_object(shards, local)
-        shards = [s for s in shards if s[0] is not None]
-        if not shards:
-            return None, None, None
-        logits, labels, idx = (np.concatenate([s[k] for s in shards]) for k in range(3))
-        _, first = np.unique(idx, return_index=True)  # the padding rows repeat examples another rank scored
-        return logits[first], labels[first], idx[first]
-
-    def evaluate_collected(self) -> dict[str, dict[str, Any]]:
-        """Metrics (and per-example predictions) of each dev split from the outputs collected this evaluation, over the
-        whole split (every rank's shard under DDP)."""
-        results = {}
-        distributed = self._trainer is not None and self._trainer.world_size > 1
-        for i, split in enumerate(self.eval_splits):
-            outputs = self._eval_outputs.get(i, [])
-            if not outputs and not distributed:  # under DDP every rank must join the gather, with or without rows
-                continue
-            logits, labels, idx = self._gathered(outputs)
-            if logits is None:
-                continue
-            preds = predictions(logits, self.task.kind)
-            order = np.argsort(idx)
-            results[split] = {
-                "metrics": compute_metrics(self.task.metrics, preds, labels),
-                "predictions": preds[order].tolist(),
-            }
-            if self.task.kind != "regression":  # per-example right/wrong, for agreement across restarts
-                results[split]["correct"] = (preds[order] == labels[order]).astype(int).tolist()
-        self._eval_outputs = {}
-        return results
-
-    def on_validation_epoch_end(self) -> None:
-        results = self.evaluate_collected()
-        if self.trainer.sanity_checking or not results:
-            return
-        flat = {f"{split}/{name}": value for split, r in results.items() for name, value in r["metrics"].items()}
-        self.log_dict(flat, prog_bar=True)
-        self.history.append({
-            "epoch": self.current_epoch,
-            "step": self.global_step,
-            "metrics": {split: r["metrics"] for split, r in results.items()},
-            "predictions": {split: r["predictions"] for split, r in results.items()},
-            "correct": {split: r["correct"] for split, r in results.items() if "correct" in r},
-        })
 
     # -- optimiser ----------------------------------------------------------------------------------------------
     def configure_gradient_clipping(

@@ -21,7 +21,7 @@ WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r".*weights_only",  # torch.load's FutureWarning / Lightning's notices about weights_only
-    # DDP: ftlab's dev metrics are already computed over every rank's rows (FineTuneModule gathers them)
+    # DDP: ftlab's dev metrics are already computed over every rank's rows (ClassificationModule gathers them)
     r".*when logging on epoch level in distributed setting to accumulate the metric across",
 )
 # log records, by the logger that emits them

@@ -40,7 +40,7 @@ from .masks import (
 )
 
 if TYPE_CHECKING:
-    from ...tasks.module import FineTuneModule
+    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
 
 Z, U, SUPPORT = "ftlab_admm_z", "ftlab_admm_u", "ftlab_admm_support"
 

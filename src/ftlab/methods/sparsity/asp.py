@@ -24,7 +24,7 @@ from .masks import (
 )
 
 if TYPE_CHECKING:
-    from ...tasks.module import FineTuneModule
+    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
 
 MASK = "ftlab_mask"
 

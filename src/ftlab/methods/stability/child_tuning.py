@@ -46,7 +46,7 @@ from ...errors import BackboneError, ConfigError, require
 from ..base import Method
 
 if TYPE_CHECKING:
-    from ...tasks.module import FineTuneModule
+    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
 
 log = logging.getLogger("ftlab")
 

@@ -40,7 +40,7 @@ from ..base import Method
 from .consistency import TermLog, TwoPasses, paired_forward, squared_difference, supervised_loss, symmetric_kl
 
 if TYPE_CHECKING:
-    from ...tasks.module import FineTuneModule
+    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
 
 NOISE_TYPES = ("uniform", "normal")
 REGRESSION_TERMS = ("official", "paper")

@@ -154,7 +154,7 @@ class _WTACRSMethod(Method):
         if "idx" not in batch:
             raise ConfigError(
                 f"{self.name} keys its gradient-norm cache by dataset example index, but the training batch has no "
-                f"'idx' (keys: {sorted(batch)}); train through ftlab's TaskDataModule (its collator adds batch['idx']) "
+                f"'idx' (keys: {sorted(batch)}); train through the task's datamodule (its collator adds batch['idx']) "
                 f"or add an 'idx' tensor of dataset indices to every batch"
             )
         self.cache.begin_batch(batch["idx"], batch.get("attention_mask"))
@@ -186,7 +186,7 @@ class _WTACRSMethod(Method):
                            "examples": self.cache.examples(), "positions": self.cache.max_positions,
                            "layers": len(self.cache.tables)},
         }
-        saved = getattr(module, "saved_tensors", None)  # FineTuneModule measures the first training forward
+        saved = getattr(module, "saved_tensors", None)  # TaskModule measures the first training forward
         if saved is not None:
             out["saved_tensors"] = {
                 "measured_on": {"step": "first training forward", **module.saved_tensors_batch},

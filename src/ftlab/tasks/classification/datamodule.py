@@ -1,10 +1,9 @@
-"""The Lightning data module: one train loader (length-grouped, dynamic padding) and one loader per dev split."""
+"""The classification datamodule: one train loader (length-grouped, dynamic padding) and one loader per dev split."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from datasets import Dataset
 from omegaconf import DictConfig
@@ -12,8 +11,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ...data.shuffle import ResumableShuffle
 from ...errors import ConfigError
+from ..datamodule import TaskDataModule
 from .glue import read_hub_split, read_local_split
 from .tokenize import tokenize_rows
 
@@ -42,7 +41,7 @@ def _subset(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset.shuffle(seed=0).select(range(limit))
 
 
-class TaskDataModule(ResumableShuffle, pl.LightningDataModule):
+class ClassificationDataModule(TaskDataModule):
     def __init__(
         self,
         task: DictConfig,
@@ -63,9 +62,11 @@ class TaskDataModule(ResumableShuffle, pl.LightningDataModule):
         self.splits: dict[str, Dataset] = {}
         self.seed_shuffle(seed)
 
-    @property
-    def eval_splits(self) -> list[str]:
-        return list(self.task.eval_splits)
+    @classmethod
+    def for_run(cls, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> ClassificationDataModule:
+        """Reads paths.data_dir (or the hub), tokenised splits cached under paths.cache_dir/tokenized."""
+        cache_dir = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
+        return cls(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
 
     def load_split(self, split: str) -> Dataset:
         if split not in self.splits:

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ...data.shuffle import ResumableShuffle
 from ...errors import ConfigError, DataError
+from ..datamodule import TaskDataModule
 from .readers import D2TRow, read_d2t_split
 
 
@@ -135,7 +134,7 @@ class PromptCollator:
         return {"input_ids": ids, "attention_mask": mask, "idx": torch.tensor([i for i, _ in features])}
 
 
-class GenerationDataModule(ResumableShuffle, pl.LightningDataModule):
+class GenerationDataModule(TaskDataModule):
     """Training sequences for `train`, EvalSets for `task.eval_splits` (every validation) and `task.test_splits`."""
 
     def __init__(
@@ -152,9 +151,10 @@ class GenerationDataModule(ResumableShuffle, pl.LightningDataModule):
         self.eval_sets: dict[str, EvalSet] = {}
         self.seed_shuffle(seed)
 
-    @property
-    def eval_splits(self) -> list[str]:
-        return list(self.task.eval_splits)
+    @classmethod
+    def for_run(cls, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> GenerationDataModule:
+        """Reads the task's official files under paths.data_dir (small enough to tokenise at every run)."""
+        return cls(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cfg.train.batch_size, cfg.seed)
 
     @property
     def test_splits(self) -> list[str]:

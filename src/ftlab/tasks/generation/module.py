@@ -1,4 +1,4 @@
-"""The LightningModule of generation tasks: FineTuneModule's training loop, method hooks and optimiser, with a
+"""The LightningModule of generation tasks: TaskModule's training loop, method hooks and optimiser, with a
 target-only (optionally label-smoothed) LM loss and evaluation by decoding the unique inputs.
 
 Every validation decodes `task.eval_splits` (dev and test for E2E/WebNLG: model selection on `task.selection`, so
@@ -18,9 +18,10 @@ from omegaconf import DictConfig
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ...backbones import load_model
 from ...errors import ConfigError
 from ...methods.base import Method
-from ..module import FineTuneModule
+from ..module import TaskModule
 from .datamodule import GenerationDataModule
 from .decode import generate_batch, generation_kwargs, write_outputs
 from .metrics import score_generation
@@ -33,15 +34,31 @@ def target_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: flo
                            label_smoothing=label_smoothing)
 
 
-class GenerationModule(FineTuneModule):
-    def __init__(self, model: nn.Module, method: Method, task: DictConfig, optim: DictConfig, backbone: DictConfig,
+class GenerationModule(TaskModule):
+    def __init__(self, model: nn.Module, method: Method, task: DictConfig, optim: DictConfig,
                  tokenizer: PreTrainedTokenizerBase, output_dir: Path, pad_id: int):
-        super().__init__(model, method, task, optim, backbone)
+        super().__init__(model, method, task, optim)
         self.tokenizer, self.output_dir = tokenizer, Path(output_dir)
         self.generate_kwargs = generation_kwargs(task.decoding, tokenizer, pad_id)
         self.label_smoothing = float(task.get("label_smoothing") or 0.0)
         self._decoded: dict[int, list[tuple[int, str]]] = {}
         self.outputs_written: dict[str, dict[str, str]] = {}
+
+    @classmethod
+    def load_model(cls, backbone: DictConfig, task: DictConfig, attn_implementation: str | None = None,
+                   **config_overrides: Any) -> nn.Module:
+        """A decoder LM (causal-LM head)."""
+        return load_model(backbone, head="causal_lm", attn_implementation=attn_implementation, **config_overrides)
+
+    @classmethod
+    def for_run(cls, cfg: DictConfig, model: nn.Module, method: Method, data: GenerationDataModule,
+                run_dir: Path) -> GenerationModule:
+        """Decodes with the datamodule's tokenizer and padding id; outputs go to <run dir>/generations/."""
+        return cls(model, method, cfg.task, cfg.optim, data.tokenizer, run_dir, data.pad_id)
+
+    @property
+    def evaluates_at_fit_end(self) -> bool:
+        return True  # final_evaluation decodes after training (train.max_steps=0 scores the untuned model)
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:  # each rank would decode and score only its shard of the unique inputs
@@ -119,11 +136,5 @@ class GenerationModule(FineTuneModule):
         return {"data": self.trainer.datamodule.describe(), "decoding": dict(self.generate_kwargs),
                 "label_smoothing": self.label_smoothing, "outputs": self.outputs_written}
 
-
-def build_generation_parts(
-    cfg: DictConfig, model: nn.Module, method: Method, tokenizer: PreTrainedTokenizerBase, run_dir: Path
-) -> tuple[GenerationDataModule, GenerationModule]:
-    """The data module and LightningModule for a `kind: generation` task (called by ftlab.train)."""
-    data = GenerationDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cfg.train.batch_size, cfg.seed)
-    module = GenerationModule(model, method, cfg.task, cfg.optim, cfg.backbone, tokenizer, run_dir, data.pad_id)
-    return data, module
+    def record_extras(self) -> dict[str, Any]:
+        return {"generation": self.generation_report()}
