@@ -37,9 +37,9 @@ def skip_reason() -> str | None:
 def backbone_shapes(name: str) -> list[tuple[int, int]]:
     from hydra import compose, initialize_config_dir
 
-    from ftlab.backbones import load_model
+    from ftlab.backbones import as_out_in, load_model
     from ftlab.config import CONF_DIR, register_resolvers
-    from ftlab.methods.sparsity.masks import as_out_in, target_layers
+    from ftlab.methods.sparsity.masks import target_layers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

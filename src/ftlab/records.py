@@ -1,6 +1,9 @@
 """Run records: one JSON file per run, named by the hash of what decides its result (config and data), written
 atomically. A record's state changes only through this module: a reader never sees half a record, a damaged record is
-moved aside (never silently replaced), and a write that fails names the file."""
+moved aside (never silently replaced), and a write that fails names the file.
+
+A record's `status`: running (a process holds the run's lock, or held it and died: see ftlab.run_lock.state_of) |
+completed | failed | interrupted (stopped by SIGINT/SIGTERM, or found `running` with no holder; a relaunch resumes it)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,10 +18,6 @@ from typing import Any, Iterator
 from .errors import FtlabError
 
 log = logging.getLogger("ftlab")
-
-# running: a process holds the run's lock (or held it and died: see ftlab.run_lock.state_of) | completed | failed |
-# interrupted: stopped by SIGINT/SIGTERM (or found `running` with no holder); a relaunch resumes it
-STATUSES = ("running", "completed", "failed", "interrupted")
 
 
 class RecordError(FtlabError):

@@ -1,4 +1,5 @@
-"""Which nn.Linear layers a method acts on, swapping one for a subclass in place, and setting every dropout rate.
+"""Which layers a method acts on (block-linear roles, `layers` settings), swapping one for a subclass in place, and
+setting every dropout rate.
 
 Shared by Mixout and DPS, which both act on "every Linear of the encoder + pooler + classifier" in their official code
 (`MIX:mixout/mixlinear.py` via the HF example, `DPS:transformers/models/bert/modeling_bert.py`), and both zero the
@@ -20,6 +21,21 @@ from ..backbones import ROLES, block_linears
 from ..errors import ConfigError
 
 EXTRA_ROLES = ("pooler", "head")
+
+
+def check_roles(roles: str | Sequence[str], method: str, backbone: DictConfig | None = None,
+                key: str = "roles") -> list[str]:
+    """Block-linear roles (method.<key>) as a list, or a ConfigError naming the valid ones: those `backbone` defines
+    when given (at setup), else every role a backbone may define (at construction, before any model exists)."""
+    roles = [roles] if isinstance(roles, str) else list(roles)
+    defined = list(backbone.block_linears) if backbone is not None else list(ROLES)
+    unknown = [r for r in roles if r not in defined]
+    if roles and not unknown:
+        return roles
+    problem = f"unknown role(s) {unknown}" if unknown else "no roles given"
+    scope = (f"backbone '{backbone.name}' defines {defined} (modules {dict(backbone.block_linears)})"
+             if backbone is not None else f"valid roles are {defined}")
+    raise ConfigError(f"{method}: method.{key}: {problem}; {scope}")
 
 
 def check_layers(layers: str | Sequence[str], method: str) -> str | list[str]:

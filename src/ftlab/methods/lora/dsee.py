@@ -1,28 +1,29 @@
 """DSEE (Chen et al., ACL 2023): LoRA plus a sparse residual, then prune the pre-trained weights guided by the update.
 
-    W_eff = W * M + s (B A + P_Omega(S)),   s = alpha / r          (METHODS.md Sec. 3.1; layer in methods/lora.py)
+    W_eff = W * M + s (B A + P_Omega(S)),   s = alpha / r          (METHODS.md Sec. 3.1; layer in methods/adapters.py)
 
-Phases, all inside one Lightning fit and keyed on epochs (the switch happens at the end of epoch `phase1_epochs`,
-after that epoch's validation):
+Two phases, inside one Lightning fit and keyed on epochs, with the pruning switch between them (at the end of epoch
+`phase1_epochs`, after that epoch's validation):
 
-0. `on_fit_start`: Omega (|Omega| = num_sparse per adapted matrix) from GreBsmo robust PCA of each pre-trained
-   adapted matrix (methods/lora/grebsmo.py), computed on rank 0 and broadcast. GPT-2's fused c_attn: one Omega per q / v slice.
-1. Epochs 1..phase1_epochs: train A, B, S_Omega and the task head (W frozen, unpruned); the learning-rate schedule
-   spans these epochs only (`schedule_steps`), as the official stage-1 run does.
-2. At the switch: restore the adapters of the best phase-1 epoch on dev (`prune_from=best`, the official
-   load_best_model_at_end), then prune
-   * unstructured: keep a fraction `density` of the pre-trained weights. Two global groups, each pruned to `density`
-     as the official run_glue_prune_with_WAB.py does: the adapted matrices ranked jointly across layers by the
-     criterion (|dW| by default), and all other block linears (and the pooler) ranked jointly by |W|. Exactly
-     round(density * n) weights survive in each group. `prune_scope=adapted` prunes only the adapted matrices
-     (the paper's Table 7 ablation). Masks are kept as `weight_mask` buffers and W is zeroed in place (W is frozen).
-   * structured: remove the `heads` lowest-scoring heads of every layer (score = sum of |dW_q| + |dW_v| over the
-     head's rows), physically shrinking q, k, v, attn_out, B and S (methods/lora/head_pruning.py).
-   Criterion: `delta` |dW| (DSEE), `merged` |W + dW|, `random`.
-3. Epochs phase1_epochs+1..train.epochs: recovery with W fixed, from the phase-1 adapters, with a fresh AdamW and
-   schedule, re-created through Lightning (`trainer.strategy.setup_optimizers(trainer)`, which calls the module's
-   configure_optimizers again; `schedule_steps` then spans the recovery epochs). Phase-1 evaluations are moved out of
-   the run's history into this method's report (`phase1`), so the run's best-on-dev is a pruned model's.
+* Before training (`on_fit_start`): Omega (|Omega| = num_sparse per adapted matrix) from GreBsmo robust PCA of each
+  pre-trained adapted matrix (methods/lora/grebsmo.py), computed on rank 0 and broadcast. GPT-2's fused c_attn: one
+  Omega per q / v slice.
+* Phase 1, epochs 1..phase1_epochs: train A, B, S_Omega and the task head (W frozen, unpruned); the learning-rate
+  schedule spans these epochs only (`schedule_steps`), as the official stage-1 run does.
+* The switch: restore the adapters of the best phase-1 epoch on dev (`prune_from=best`, the official
+  load_best_model_at_end), then prune
+  - unstructured: keep a fraction `density` of the pre-trained weights. Two global groups, each pruned to `density`
+    as the official run_glue_prune_with_WAB.py does: the adapted matrices ranked jointly across layers by the
+    criterion (|dW| by default), and all other block linears (and the pooler) ranked jointly by |W|. Exactly
+    round(density * n) weights survive in each group. `prune_scope=adapted` prunes only the adapted matrices
+    (the paper's Table 7 ablation). Masks are kept as `weight_mask` buffers and W is zeroed in place (W is frozen).
+  - structured: remove the `heads` lowest-scoring heads of every layer (score = sum of |dW_q| + |dW_v| over the
+    head's rows), physically shrinking q, k, v, attn_out, B and S (methods/lora/head_pruning.py).
+  Criterion: `delta` |dW| (DSEE), `merged` |W + dW|, `random`.
+* Phase 2, epochs phase1_epochs+1..train.epochs: recovery with W fixed, from the phase-1 adapters, with a fresh AdamW
+  and schedule, re-created through Lightning (`trainer.strategy.setup_optimizers(trainer)`, which calls the module's
+  configure_optimizers again; `schedule_steps` then spans the recovery epochs). Phase-1 evaluations are moved out of
+  the run's history into this method's report (`phase1`), so the run's best-on-dev is a pruned model's.
 
 `prune=none` is the unpruned "dW_l + dW_s" of the paper's Tables 1-2 (with num_sparse=0 it is LoRA with DSEE's
 Gaussian init of A). `merge_at_end` folds dW into W and re-applies the masks, so pruned weights stay zero (the
@@ -41,13 +42,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ...backbones import block_layers, block_linears
+from ...backbones import as_out_in, block_layers, block_linears, weight_shape
 from ...errors import ConfigError
+from ..adapters import INITS, LoRALayer, add_lora, freeze_for_adapters, lora_layers, merge_lora
 from ..base import Method
 from .efficiency import dense_reference, efficiency_report
 from .grebsmo import OMEGA_METHODS, omega_indices
 from .head_pruning import head_geometry, head_scores, lowest_heads, remove_heads
-from .lora import INITS, LoRALayer, add_lora, as_linear_layout, freeze_for_adapters, is_conv1d, lora_layers, merge_lora
 
 PRUNE_MODES = ("none", "unstructured", "structured")
 CRITERIA = ("delta", "merged", "random")
@@ -82,7 +83,7 @@ def no_recovery_error(phase1_epochs: Any, epochs: Any) -> ConfigError:
 
 class DSEE(Method):
     name = "dsee"
-    resume_attributes = None  # phases rebuild the optimizer mid-fit; a phase-2 resume would need it rebuilt too
+    resume_attributes = None  # the switch rebuilds the optimizer mid-fit; a phase-2 resume would need it rebuilt too
 
     def __init__(
         self,
@@ -205,7 +206,7 @@ class DSEE(Method):
         generator = torch.Generator().manual_seed(torch.initial_seed())
         matrices = []  # (layer index, slice start, matrix)
         for i, layer in enumerate(layers):
-            weight = as_linear_layout(layer.base.weight, layer.base)
+            weight = as_out_in(layer.base, layer.base.weight)
             matrices += [(i, start, weight[start:stop]) for start, stop in layer.slices]
         found: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for shape in dict.fromkeys(m.shape for _, _, m in matrices):
@@ -233,7 +234,7 @@ class DSEE(Method):
         if self.prune != "none" and self.phase == 1 and epoch + 1 == self.phase1_epochs:
             self.switch_to_recovery(module)
 
-    # -- phase 2: prune, then a fresh optimizer --------------------------------------------------------------------
+    # -- the switch: prune, then a fresh optimizer for phase 2 ---------------------------------------------------------
     def switch_to_recovery(self, module: Any) -> None:
         model, trainer = module.model, module.trainer
         if self.prune_from == "best" and self.best_phase1 is not None:
@@ -250,7 +251,7 @@ class DSEE(Method):
         else:
             self.removed_heads = lowest_heads(head_scores(model, self.backbone, self.criterion, generator), self.heads)
             remove_heads(model, self.backbone, self.removed_heads)
-        self.phase = 3
+        self.phase = 2  # recovery
         self.facts["switch_step"] = trainer.global_step
         trainer.strategy.setup_optimizers(trainer)  # fresh AdamW + schedule over the recovery epochs
 
@@ -263,7 +264,7 @@ class DSEE(Method):
         groups: dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]] = {"adapted": [], "others": []}
         for name, module in modules.items():
             base = module.base if isinstance(module, LoRALayer) else module
-            weight = as_linear_layout(base.weight, base).float()
+            weight = as_out_in(base, base.weight).float()
             adapted_rows = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
             if isinstance(module, LoRALayer):
                 adapted_rows[module.lora_rows] = True
@@ -287,12 +288,12 @@ class DSEE(Method):
                 piece = keep[offset:offset + score.numel()].view_as(score)
                 offset += score.numel()
                 base = modules[name].base if isinstance(modules[name], LoRALayer) else modules[name]
-                full = masks.setdefault(name, torch.ones(as_linear_layout(base.weight, base).shape, dtype=torch.bool,
+                full = masks.setdefault(name, torch.ones(weight_shape(base), dtype=torch.bool,
                                                           device=base.weight.device))
                 full[rows] = piece
         for name, mask in masks.items():
             base = modules[name].base if isinstance(modules[name], LoRALayer) else modules[name]
-            stored = (mask.t() if is_conv1d(base) else mask).contiguous().to(base.weight.dtype)
+            stored = as_out_in(base, mask).contiguous().to(base.weight.dtype)
             base.weight.mul_(stored)
             base.register_buffer("weight_mask", stored)
         total = sum(m.numel() for m in masks.values())

@@ -15,7 +15,8 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from ...backbones import block_linears
+from ...backbones import block_linears, weight_shape
+from ..adapters import LoRALayer, lora_layers
 
 FLOPS_DEFINITION = (
     "per-token multiply-accumulates of the block linears (q,k,v,attn_out,ffn1,ffn2) at their current shapes plus "
@@ -25,8 +26,6 @@ FLOPS_DEFINITION = (
 
 
 def _macs(module: nn.Module, nonzero: bool) -> int:
-    from .lora import LoRALayer, weight_shape
-
     base = module.base if isinstance(module, LoRALayer) else module
     out_features, in_features = weight_shape(base)
     total = int((base.weight != 0).sum()) if nonzero else out_features * in_features
@@ -42,8 +41,6 @@ def block_linear_macs(model: nn.Module, backbone: DictConfig, nonzero: bool = Fa
 
 def block_linear_weights(model: nn.Module, backbone: DictConfig, nonzero: bool = False) -> int:
     """Weights (non-zero ones with `nonzero`) of the pre-trained block linears, adapters excluded."""
-    from .lora import LoRALayer
-
     total = 0
     for module in block_linears(model, backbone).values():
         weight = (module.base if isinstance(module, LoRALayer) else module).weight
@@ -67,8 +64,6 @@ def encoder_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 def efficiency_report(model: nn.Module, backbone: DictConfig, dense: dict[str, float]) -> dict[str, Any]:
     """Trainable / non-zero parameter counts and FLOPs ratios against `dense` = dense_reference(model) taken before
     any adapter or pruning (in the method's setup)."""
-    from .lora import lora_layers
-
     adapter_ids = {id(p) for layer in lora_layers(model) for p in (layer.lora_A, layer.lora_B, layer.sparse_values)}
     params = list(model.parameters())
     weights = [p for p in params if id(p) not in adapter_ids]  # the model itself; adapters counted apart

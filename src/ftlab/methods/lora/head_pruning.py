@@ -13,9 +13,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ...backbones import block_layers
+from ...backbones import as_out_in, block_layers, weight_shape
 from ...errors import ConfigError
-from .lora import LoRALayer, as_linear_layout, shrink_layer
+from ..adapters import LoRALayer, shrink_layer
 
 ATTENTION_ROLES = ("q", "k", "v", "attn_out")
 
@@ -67,10 +67,8 @@ def remove_heads(model: nn.Module, backbone: DictConfig, removed: dict[int, list
         if len(drop) >= heads or min(drop) < 0 or max(drop) >= heads:
             raise ConfigError(f"layer {i}: cannot remove heads {drop} of {heads}; keep at least one head")
         modules = attention_modules(block, backbone, i)
-        q_out = as_linear_layout(modules["q"][1].weight, modules["q"][1]).shape[0]
-        if q_out != heads * head_size or any(
-            as_linear_layout(modules[r][1].weight, modules[r][1]).shape[0] != q_out for r in ("k", "v")
-        ):
+        q_out = weight_shape(modules["q"][1])[0]
+        if q_out != heads * head_size or any(weight_shape(modules[r][1])[0] != q_out for r in ("k", "v")):
             raise ConfigError(
                 f"layer {i}: q/k/v widths do not match {heads} heads x {head_size} (grouped-query attention or heads "
                 f"already removed?); structured pruning supports multi-head attention with equal q, k, v widths"
@@ -105,7 +103,7 @@ def head_scores(
             adapted += 1
             matrix = module.delta_weight()
             if criterion == "merged":
-                matrix = matrix + as_linear_layout(module.base.weight, module.base).float()
+                matrix = matrix + as_out_in(module.base, module.base.weight).float()
             elif criterion != "delta":
                 raise ConfigError(f"pruning criterion {criterion!r} is not valid; choose delta, merged or random")
             magnitude = matrix.abs().float()

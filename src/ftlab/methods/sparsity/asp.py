@@ -16,10 +16,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ...backbones import as_out_in
 from ...config import portable_path
 from ..base import Method
 from .masks import (
-    as_out_in, check_divisible, check_nm, layer_mask, mask_gradients_, mask_weights_, nm_mask, save_sparse_model,
+    check_divisible, check_nm, layer_mask, mask_gradients_, mask_weights_, nm_mask, save_sparse_model,
     sparse_model_folder, sparsity_report, target_layers,
 )
 

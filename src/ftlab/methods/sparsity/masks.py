@@ -4,8 +4,8 @@ Convention, used everywhere in ftlab: **"n:m" keeps n of every m consecutive wei
 of an (out, in) weight**; 2:4 is the default and the pattern NVIDIA Sparse Tensor Cores accelerate. NxMTransformer
 writes the same pattern as "4:2" (group size first).
 
-GPT-2's Conv1D stores its weight as (in, out); every function that takes a layer works on `weight_of(layer)` (the
-(out, in) view) and writes results back in the layer's own layout, so groups always run along the input dimension.
+GPT-2's Conv1D stores its weight as (in, out); every function that takes a layer works on `backbones.as_out_in`'s
+(out, in) view and writes results back in the layer's own layout, so groups always run along the input dimension.
 
 Why by hand: the projection Π(X) of an *arbitrary* tensor (ADMM projects W + U, not a weight) as a pure function is
 a dozen lines of top-k; apex ASP computes masks only for registered CUDA weights and keeps global state, and
@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ...backbones import block_linears
+from ...backbones import as_out_in, block_linears
 from ...errors import ConfigError, require
 
 Projector = Callable[[torch.Tensor], torch.Tensor]  # (out, in) tensor -> bool mask of the same shape
@@ -77,16 +77,6 @@ def project_unstructured(w: torch.Tensor, density: float = 0.5) -> torch.Tensor:
 
 
 # -- layers ------------------------------------------------------------------------------------------------------
-def is_transposed(layer: nn.Module) -> bool:
-    """GPT-2's Conv1D stores (in, out); nn.Linear stores (out, in)."""
-    return type(layer).__name__ == "Conv1D"
-
-
-def as_out_in(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor in the layer's own weight layout, viewed as (out, in); its own inverse."""
-    return tensor.t() if is_transposed(layer) else tensor
-
-
 def layer_mask(layer: nn.Module, projector: Projector, tensor: torch.Tensor | None = None) -> torch.Tensor:
     """projector's mask of `tensor` (default: the layer's weight), computed in (out, in), returned in layer layout."""
     source = layer.weight if tensor is None else tensor

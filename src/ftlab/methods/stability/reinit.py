@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ...backbones import is_conv1d
 from ...errors import BackboneError, ConfigError, require
 from ..base import Method
 
@@ -41,7 +42,7 @@ def reinit_module(root: nn.Module, std: float, generator: torch.Generator) -> in
     """Re-initialise every Linear/Conv1D/Embedding/LayerNorm under `root`; returns the number of parameters touched."""
     touched = 0
     for m in root.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)) or type(m).__name__ == "Conv1D":
+        if isinstance(m, (nn.Linear, nn.Embedding)) or is_conv1d(m):
             _normal_(m.weight, std, generator)
             touched += m.weight.numel()
             if getattr(m, "bias", None) is not None:

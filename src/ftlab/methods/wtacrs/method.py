@@ -14,7 +14,7 @@ gradients for Q (from k key rows) and K (from k query rows), so only k rows of e
 the paper. The model then runs ftlab's eager attention function, registered with transformers (also on GPU, where
 it replaces SDPA: flash kernels save no attention map at all, but their backward is not WTA-CRS).
 
-`method=lora_wtacrs`: LoRA (r = 32, α = 32, dropout 0.1) on q, k, v, built from `ftlab.methods.lora.lora.LoRALayer`, with the
+`method=lora_wtacrs`: LoRA (r = 32, α = 32, dropout 0.1) on q, k, v, built from `ftlab.methods.adapters.LoRALayer`, with the
 down-projection A computed by the sampled-gradient function (A needs the whole dropped-out input for its gradient;
 B's input is r-dimensional). Everything but the adapters and the task head is frozen, so the other linears save no
 input for a weight gradient anyway (the paper switches their sampling off too).
@@ -36,26 +36,18 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ...backbones import ROLES, block_linears
+from ...backbones import block_linears
 from ...errors import ConfigError
+from ..adapters import LoRALayer, freeze_for_adapters
 from ..base import Method
-from ..lora.lora import LoRALayer, freeze_for_adapters
+from ..layers import check_roles
 from .attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE, HeadRowSampler,
-                               install_attention_function)
+                        install_attention_function)
 from .cache import NormCache
 from .ops import RowSampler, WTACRSLinear, check_budget, sampled_linear
 
 DEFAULT_ROLES = ("attn_out", "ffn1", "ffn2")
 ATTENTION_NORMS = ("per_head", "pooled")
-
-
-def check_roles(roles: Sequence[str] | str, method: str) -> list[str]:
-    roles = [roles] if isinstance(roles, str) else list(roles)
-    unknown = [r for r in roles if r not in ROLES]
-    if not roles or unknown:
-        problem = f"unknown role(s) {unknown}" if unknown else "no roles given"
-        raise ConfigError(f"{method}: {problem}; valid roles are {list(ROLES)}, e.g. method.roles=[attn_out,ffn1,ffn2]")
-    return roles
 
 
 def _kept_fraction(samplers: Any) -> float | None:
@@ -259,7 +251,7 @@ class LoRAWTACRS(_WTACRSMethod):
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"lora_wtacrs: dropout={dropout} must be in [0, 1)")
         self.r, self.alpha, self.dropout = r, alpha, dropout
-        self.lora_roles = check_roles(lora_roles, self.name)
+        self.lora_roles = check_roles(lora_roles, self.name, key="lora_roles")
 
     def setup(self, model: nn.Module, backbone: DictConfig) -> None:
         targets: dict[str, list[str]] = {}
