@@ -131,8 +131,9 @@ def test_no_import_cycle(graph) -> None:
 
 def test_no_ftlab_import_inside_a_function(graph) -> None:
     imports, paths = graph
-    inside = [f"{paths[m].relative_to(PACKAGE_DIR.parent)}:{line} imports {target}"
-              for m, targets in imports.items() for target, sites in targets.items() for line, nested in sites if nested]
+    inside = sorted({f"{paths[m].relative_to(PACKAGE_DIR.parent)}:{line} imports {target}"
+                     for m, targets in imports.items() for target, sites in targets.items() for line, nested in sites
+                     if nested})
     assert not inside, "ftlab imports inside functions:\n" + "\n".join(inside)
 
 

@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ftlab.errors import ConfigError, DataError
-from ftlab.report.claims import evaluate_all, interval_verdict, load_claims, render_csv, write_claims
+from ftlab.report.build import write_claims
+from ftlab.report.claims import evaluate_all, interval_verdict, load_claims, render_csv
 from ftlab.report.gates import Gate
 from ftlab.report.intervals import bootstrap_std_difference, welch_interval
 from ftlab.report.tables import collect_runs

@@ -68,7 +68,7 @@ def test_aggregation_rules() -> None:
 def test_committed_results_regenerate_byte_identically(tmp_path: Path) -> None:
     """`python -m ftlab.tables` on the committed records reproduces every committed results/*.md and .csv, claims.md,
     claims.csv, claims.png and the per-epoch plots, byte for byte (the PNGs carry no version or date)."""
-    from ftlab.report.tables import write_report
+    from ftlab.report.build import write_report
 
     written = write_report(PROJECT_ROOT / "conf", COMMITTED_RECORDS, tmp_path)
     names = {path.name for path in written}

@@ -12,6 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from .records import best_score
+
 log = logging.getLogger("ftlab")
 OUTCOMES = ".ftlab_jobs"
 
@@ -37,8 +39,6 @@ def read_outcomes(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 def record_outcome(record: dict[str, Any]) -> dict[str, Any]:
     """What the summary shows of a run record: status, name, its selection metric's best value, fit time."""
-    from .records import best_score
-
     selection = (record.get("metrics") or {}).get("selection") or {}
     metric = f"{selection['split']}/{selection['metric']}" if selection.get("split") else None
     seconds = (record.get("cost") or {}).get("fit_seconds")

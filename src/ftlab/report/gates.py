@@ -1,10 +1,11 @@
 """The did-not-learn gate: a group of runs learned a task only if the mean of their dev scores clears the trivial
-predictor's dev score plus a margin (conf/report/gates.yaml; trivial scores from results/trivial_scores.csv, see
-ftlab.report.trivial). Tables render a failing cell as "did not learn (value)"; claims with a failing side say so instead of
-comparing two runs that both predict the majority class.
+predictor's dev score plus a margin (conf/report/gates.yaml; trivial scores from results/trivial_scores.csv, which
+ftlab.report.trivial computes). Tables render a failing cell as "did not learn (value)"; claims with a failing side say
+so instead of comparing two runs that both predict the majority class.
 """
 from __future__ import annotations
 
+import csv
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,10 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from ..config import CONF_DIR, PROJECT_ROOT
-from ..errors import ConfigError
-from .trivial import read_csv
+from ..errors import ConfigError, DataError
 
 GATES_YAML = CONF_DIR / "report" / "gates.yaml"
+TRIVIAL_CSV = PROJECT_ROOT / "results" / "trivial_scores.csv"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,15 @@ class Gate:
     def rule(self, task: str, metric: str) -> str:
         trivial, margin = self.levels[(task, metric)]
         return f"{trivial:.2f} + {margin:g} = {trivial + margin:.2f}"
+
+
+def read_csv(path: Path) -> dict[tuple[str, str], float]:
+    """(task, metric) -> trivial dev score, from a committed trivial_scores.csv."""
+    if not path.is_file():
+        raise DataError(f"trivial scores not found: {path}. Regenerate them from the GLUE data with "
+                        f"`python -m ftlab.report.trivial` (reads FTLAB_DATA_DIR or ../shared/data).")
+    with path.open(newline="") as handle:
+        return {(row["task"], row["metric"]): float(row["trivial"]) for row in csv.DictReader(handle)}
 
 
 def gated_tasks(path: Path = GATES_YAML) -> list[str]:

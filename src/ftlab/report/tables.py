@@ -1,17 +1,15 @@
-"""Regenerate every results/<table>.md and .csv from the run records: `python -m ftlab.tables` (which also writes
-results/claims.md, .csv, .png, the per-epoch plots and the figures of conf/report/figures.yaml: ftlab.report.claims,
-ftlab.report.plots.epochs, ftlab.report.plots.figures).
+"""Every results/<table>.md and .csv from the run records (`python -m ftlab.tables` writes them, then the claims, the
+per-epoch plots and the figures: ftlab.report.build).
 
 A table is declared by the `table:` block of an experiment YAML (conf/experiment/*.yaml): rows (a method, optionally
 pinned to config values by `where`), columns (task, metric, split), the aggregation rule over the records of each cell,
 and the published numbers it is compared with (src/ftlab/paper/*.yaml). A cell counts only the runs of its protocol
-(ftlab.report.protocol: the config the row and column would launch today); the others are named in the header as excluded.
-A cell whose runs do not clear the did-not-learn gate (ftlab.report.gates) says so. Output depends on the records and the
-committed config alone, so the same records always give byte-identical files.
+(ftlab.report.protocol: the config the row and column would launch today); the others are named in the header as
+excluded. A cell whose runs do not clear the did-not-learn gate (ftlab.report.gates) says so. Output depends on the
+records and the committed config alone, so the same records always give byte-identical files.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import statistics
@@ -22,7 +20,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from .. import records as records_io
-from ..config import CONF_DIR, PROJECT_ROOT
+from ..config import CONF_DIR
 from ..errors import ConfigError
 from .gates import Gate, load_gate
 from .protocol import Protocol
@@ -322,33 +320,3 @@ def write_tables(conf_dir: Path, records_dir: Path, results_dir: Path,
             path.write_text(text)
             written.append(path)
     return written
-
-
-def write_report(conf_dir: Path, records_dir: Path, results_dir: Path) -> list[Path]:
-    """What `python -m ftlab.tables` writes: every table, then claims.md/.csv/.png, the per-epoch plots and the
-    figures (metric vs weights kept, per-seed strips), all from the same protocol-matching runs and the same gate."""
-    from .claims import write_claims
-    from .plots.epochs import write_epoch_plots
-    from .plots.figures import write_figures
-
-    tables = experiment_runs(conf_dir, list(records_io.iter_records(records_dir)), Protocol(conf_dir).mismatches)
-    gate = load_gate(conf_dir / "report" / "gates.yaml")
-    written = write_tables(conf_dir, records_dir, results_dir, tables, gate)
-    written += write_claims(conf_dir / "claims", tables, gate, results_dir)
-    written += write_epoch_plots(conf_dir / "report" / "epochs.yaml", tables, gate, results_dir)
-    written += write_figures(conf_dir / "report" / "figures.yaml", tables, gate, results_dir)
-    return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", type=Path, default=CONF_DIR, help="config folder holding experiment/*.yaml")
-    parser.add_argument("--records", type=Path, default=PROJECT_ROOT / "results" / "records")
-    parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
-    args = parser.parse_args(argv)
-    for path in write_report(args.conf, args.records, args.results):
-        print(path.relative_to(args.results.parent) if path.is_relative_to(args.results.parent) else path)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,9 +3,10 @@
 
 The trivial predictor of a task is the one that learns nothing from the text: the majority class of the train split
 (ties: the lower class id) for classification, the constant train mean for regression, predicted for every dev
-example and scored with ftlab's own metric functions (`ftlab.tasks.classification.metrics.compute_metrics`). The Pearson and Spearman
-correlations of a constant prediction are undefined; by ftlab's convention (the same as for a run that predicts a
-constant) they are 0.
+example and scored with ftlab's own metric functions (`ftlab.tasks.classification.metrics.compute_metrics`). The
+Pearson and Spearman correlations of a constant prediction are undefined; by ftlab's convention (the same as for a run
+that predicts a constant) they are 0. The tasks are those the did-not-learn gate names (ftlab.report.gates), which
+reads this file.
 
 Why a committed file rather than reading the data at every `python -m ftlab.tables`: the tables must stay a pure
 function of committed files (records, configs, this CSV), regenerate byte-identically on a machine without the GLUE
@@ -28,6 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import CONF_DIR, PROJECT_ROOT
 from ..errors import DataError
+from ..tasks.classification.glue import read_local_split
+from ..tasks.classification.metrics import compute_metrics
+from .gates import GATES_YAML, gated_tasks
 
 TRIVIAL_CSV = PROJECT_ROOT / "results" / "trivial_scores.csv"
 FIELDS = ["task", "metric", "split", "trivial", "predictor", "train_rows", "dev_rows"]
@@ -40,9 +44,6 @@ def default_data_dir() -> Path:
 
 def trivial_rows(task: DictConfig, data_dir: Path) -> list[dict[str, str]]:
     """One CSV row per metric of `task`: the trivial predictor's dev score (x100, as runs report it)."""
-    from ..tasks.classification.glue import read_local_split
-    from ..tasks.classification.metrics import compute_metrics
-
     train, dev = read_local_split(data_dir, task, "train"), read_local_split(data_dir, task, "dev")
     labels = np.asarray([row["label"] for row in dev])
     if task.kind == "regression":
@@ -72,18 +73,7 @@ def compute_csv(tasks: list[str], data_dir: Path, conf_dir: Path = CONF_DIR) -> 
     return out.getvalue()
 
 
-def read_csv(path: Path) -> dict[tuple[str, str], float]:
-    """(task, metric) -> trivial dev score, from a committed trivial_scores.csv."""
-    if not path.is_file():
-        raise DataError(f"trivial scores not found: {path}. Regenerate them from the GLUE data with "
-                        f"`python -m ftlab.report.trivial` (reads FTLAB_DATA_DIR or ../shared/data).")
-    with path.open(newline="") as handle:
-        return {(row["task"], row["metric"]): float(row["trivial"]) for row in csv.DictReader(handle)}
-
-
 def main(argv: list[str] | None = None) -> None:
-    from .gates import GATES_YAML, gated_tasks
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data_dir(), help="folder holding glue/<TASK>/*.tsv")
     parser.add_argument("--out", type=Path, default=TRIVIAL_CSV)

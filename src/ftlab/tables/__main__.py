@@ -1,3 +1,3 @@
-from ftlab.report.tables import main
+from ftlab.report.build import main
 
 main()

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ...errors import ConfigError
 from ..figures import pyplot, save_png
 from ..gates import Gate
+from ..tables import METRIC_NAMES, column_title
 
 
 def epoch_means(records: list[dict[str, Any]], split: str | None, metric: str) -> tuple[list[int], list[float]]:
@@ -29,8 +30,6 @@ def epoch_means(records: list[dict[str, Any]], split: str | None, metric: str) -
 
 
 def epoch_plot(experiment: DictConfig, runs: Any, rows: list[str], gate: Gate, path: Path) -> None:
-    from ..tables import METRIC_NAMES, column_title
-
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ...errors import ConfigError
 from ..figures import pyplot, save_png
 from ..gates import Gate
+from ..tables import METRIC_NAMES, column_title, score
 
 MARKERS = {"dense": "D", "none": "o", "unstructured": "s", "structured": "^"}
 MODE_NAMES = {"dense": "full fine-tuning", "none": "adapters, no pruning", "unstructured": "unstructured pruning",
@@ -31,8 +32,6 @@ MODE_NAMES = {"dense": "full fine-tuning", "none": "adapters, no pruning", "unst
 
 
 def _values(runs: Any, label: str, column: DictConfig) -> list[float]:
-    from ..tables import score
-
     values = (score(r, column.get("split"), column.metric) for r in runs.runs(label, column.task))
     return [v for v in values if v is not None]
 
@@ -69,8 +68,6 @@ def _first_per_task(experiment: DictConfig) -> list[DictConfig]:
 
 def params_points(experiment: DictConfig, runs: Any, gate: Gate) -> list[dict[str, Any]]:
     """The plotted points: per column and row with runs, x (% kept), mean, std, n, mode, gate verdict."""
-    from ..tables import column_title
-
     points = []
     for column in _first_per_task(experiment):
         for row in experiment.table.rows:
@@ -88,8 +85,6 @@ def params_points(experiment: DictConfig, runs: Any, gate: Gate) -> list[dict[st
 
 
 def params_plot(experiment: DictConfig, runs: Any, gate: Gate, path: Path) -> list[Path]:
-    from ..tables import METRIC_NAMES, column_title
-
     plt = pyplot()
     columns = _first_per_task(experiment)
     points = params_points(experiment, runs, gate)
@@ -129,8 +124,6 @@ def params_plot(experiment: DictConfig, runs: Any, gate: Gate, path: Path) -> li
 
 
 def seeds_plot(experiment: DictConfig, runs: Any, gate: Gate, path: Path) -> list[Path]:
-    from ..tables import METRIC_NAMES, column_title
-
     plt = pyplot()
     columns = list(experiment.table.columns)
     rows = [row.label for row in experiment.table.rows]
