@@ -18,6 +18,7 @@ from ftlab.errors import ConfigError
 from ftlab.methods.sparsity.admm import SUPPORT, U, Z, NxMADMM, UnstructuredADMM
 from ftlab.methods.sparsity.asp import MASK, ASP
 from ftlab.methods.sparsity.masks import project_nm, target_layers
+from ftlab.report.plots import nxm_similarity
 from ftlab.tasks.classification.module import ClassificationModule
 
 from conftest import PROJECT_ROOT, compose_config
@@ -257,7 +258,7 @@ def test_two_tiny_asp_runs_in_one_process_end_exactly_2_of_4(run_tiny: Any) -> N
 def test_export_checker_script_passes_an_asp_export_and_fails_a_broken_one(run_tiny: Any, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    spec = importlib.util.spec_from_file_location("verify", PROJECT_ROOT / "experiments" / "verify_nm_export.py")
+    spec = importlib.util.spec_from_file_location("verify", PROJECT_ROOT / "scripts" / "verify_nm_export.py")
     verify = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(verify)
     record = run_tiny("task=rte", "method=asp", "method.save_model=true")
@@ -284,12 +285,9 @@ def test_tiny_nxm_runs_end_exactly_2_of_4_and_feed_the_similarity_plot(run_tiny:
     assert_exactly_2_of_4(retrained)
     assert len(retrained["method_report"]["admm"]["iterations"]) == 1  # ADMM in epoch 0 only, masked in epoch 1
 
-    spec = importlib.util.spec_from_file_location("plot", PROJECT_ROOT / "experiments" / "nxm_similarity_plot.py")
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
-    points = plot.collect(tmp_path / "records")
+    points = nxm_similarity.collect(tmp_path / "records")
     assert sorted(p["rho"] for p in points) == [1e-3, 3e-2]
-    written = plot.plot(points, tmp_path / "plots")
+    written = nxm_similarity.plot(points, tmp_path / "plots")
     assert [p.name for p in written] == ["nxm_similarity_rte.png"] and written[0].stat().st_size > 0
 
 
