@@ -209,10 +209,9 @@ def shrink_layer(layer: nn.Module, index: torch.Tensor, axis: str) -> nn.Module:
     out_features, in_features = weight.shape
     if is_conv1d(layer):
         new = type(layer)(out_features, in_features).to(weight.device, weight.dtype)
-        new.weight.data = weight.t().contiguous()
     else:
         new = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
-        new.weight.data = weight.contiguous()
+    new.weight.data = as_out_in(new, weight).contiguous()
     if bias is not None:
         new.bias.data = bias.detach().clone()
     for p in new.parameters():
