@@ -48,8 +48,9 @@ class TaskModule(pl.LightningModule):
 
     # -- what a task kind provides ------------------------------------------------------------------------------
     @classmethod
-    def load_model(cls, backbone: DictConfig, task: DictConfig, attn_implementation: str | None) -> nn.Module:
-        """The pre-trained backbone with this task kind's head."""
+    def load_model(cls, backbone: DictConfig, task: DictConfig, attn_implementation: str | None = None,
+                   **config_overrides: Any) -> nn.Module:
+        """The pre-trained backbone with this task kind's head; `config_overrides` set model config values."""
         raise NotImplementedError
 
     @classmethod
