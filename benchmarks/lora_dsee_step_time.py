@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/lora_dsee_step_time.py                 # 2 threads, 2 warm-up + 6 timed steps each
     .venv/bin/python benchmarks/lora_dsee_step_time.py --steps 20 --threads 16 --device cuda
 
-One optimizer step = forward, backward, gradient clipping at 1.0 and AdamW, as in a run (ftlab.module), on the same
+One optimizer step = forward, backward, gradient clipping at 1.0 and AdamW, as in a run (ftlab.tasks.module), on the same
 batches for every method (random RTE training batches, dynamic padding to a multiple of 8). LoRA and DSEE use the
 paper's r = 16, alpha = 32 on q and v; DSEE adds |Omega| = 16 per matrix. Where Omega lies does not change the step
 time, so it is taken by magnitude by default (`--omega grebsmo` to include and print GreBsmo's one-off cost).
@@ -22,10 +22,10 @@ import torch
 
 from ftlab.backbones import load_model, load_tokenizer
 from ftlab.config import CONF_DIR
-from ftlab.data.module import TaskDataModule
 from ftlab.methods.base import Method
-from ftlab.methods.dsee import DSEE
-from ftlab.methods.lora import LoRA
+from ftlab.methods.lora.dsee import DSEE
+from ftlab.methods.lora.lora import LoRA
+from ftlab.tasks.classification.datamodule import ClassificationDataModule
 
 
 def compose(overrides: list[str]):
@@ -38,7 +38,7 @@ def compose(overrides: list[str]):
 def batches(cfg, count: int) -> list[dict[str, torch.Tensor]]:
     tokenizer = load_tokenizer(cfg.backbone)
     cache = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
-    data = TaskDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache, 32, seed=1)
+    data = ClassificationDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache, 32, seed=1)
     loader = iter(data.train_dataloader())
     return [{k: v for k, v in next(loader).items() if k != "idx"} for _ in range(count)]
 

@@ -2,7 +2,7 @@
 
     python benchmarks/nm_overhead.py --threads 1 --rounds 3     (about 3 minutes; see the note on threads below)
 
-Each method trains through the real FineTuneModule + Lightning loop (bf16 autocast, batch 32, the same fixed RTE
+Each method trains through the real ClassificationModule + Lightning loop (bf16 autocast, batch 32, the same fixed RTE
 batches in the same order, from the same weights); the per-step wall time is taken around each training batch
 (forward, backward, hooks, optimizer) and the median over the timed steps after warm-up is compared. Methods alternate
 within each round (in a rotated order) so that a load change on a shared machine hits all of them; on a busy machine
@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 
 from ftlab.backbones import load_model, load_tokenizer
 from ftlab.config import CONF_DIR, register_resolvers
-from ftlab.data.module import TaskDataModule
-from ftlab.module import FineTuneModule
+from ftlab.tasks.classification.datamodule import ClassificationDataModule
+from ftlab.tasks.classification.module import ClassificationModule
 from ftlab.train import build_method
 
 METHODS = ("finetune", "asp", "nxm")
@@ -64,7 +64,7 @@ def config(method: str, data_dir: str) -> Any:
 def fixed_batches(cfg: Any, count: int) -> list[dict[str, torch.Tensor]]:
     tokenizer = load_tokenizer(cfg.backbone)
     cache = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
-    data = TaskDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache, 32, cfg.seed)
+    data = ClassificationDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache, 32, cfg.seed)
     data.setup("fit")
     batches = []
     for batch in data.train_dataloader():
@@ -82,7 +82,7 @@ def time_method(
     model = load_model(cfg.backbone, num_labels=cfg.task.num_labels)
     method = build_method(cfg)
     method.setup(model, cfg.backbone)
-    module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
+    module = ClassificationModule(model, method, cfg.task, cfg.optim)
     timer = StepTimer()
     trainer = pl.Trainer(
         accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0, max_epochs=1, limit_val_batches=0,
@@ -103,9 +103,9 @@ def best_of(fn: Any, repeats: int = 10) -> float:
     return min(times)
 
 
-def isolated_work(method: Any, module: FineTuneModule, step: int) -> dict[str, float]:
+def isolated_work(method: Any, module: ClassificationModule, step: int) -> dict[str, float]:
     """Seconds of the method's own per-step work, timed alone (weights have gradients from the last step)."""
-    from ftlab.sparsity import mask_gradients_, mask_weights_
+    from ftlab.methods.sparsity.masks import mask_gradients_, mask_weights_
 
     if hasattr(method, "penalty"):
         def penalty_step() -> None:

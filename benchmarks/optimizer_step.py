@@ -1,5 +1,5 @@
 """Seconds per AdamW step over all MiniLM parameters on CPU: the per-tensor loop, foreach, and fused implementations
-(why `FineTuneModule.configure_optimizers` uses fused, as the HF Trainer does by default).
+(why `TaskModule.configure_optimizers` uses fused, as the HF Trainer does by default).
 
     python benchmarks/optimizer_step.py [--steps 10] [--threads 2]
 """

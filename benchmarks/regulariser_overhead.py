@@ -42,8 +42,8 @@ from hydra import compose, initialize_config_dir
 
 from ftlab.backbones import load_model, load_tokenizer
 from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
-from ftlab.data.module import TaskDataModule
-from ftlab.module import FineTuneModule
+from ftlab.tasks.classification.datamodule import ClassificationDataModule
+from ftlab.tasks.classification.module import ClassificationModule
 from ftlab.train import build_method
 
 METHODS = ["finetune", "mixout", "dps", "dps_mix", "r3f", "r4f", "rdrop", "reinit", "child_tuning_d"]
@@ -139,9 +139,9 @@ def run_method(name: str, args: argparse.Namespace) -> dict[str, Any]:
     method = build_method(cfg)
     method.setup(model, cfg.backbone)
     added = [t for t in list(model.parameters()) + list(model.buffers()) if t.untyped_storage().data_ptr() not in base]
-    data = TaskDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir),
+    data = ClassificationDataModule(cfg.task, cfg.data, tokenizer, Path(cfg.paths.data_dir),
                           Path(cfg.paths.cache_dir) / "tokenized", cfg.train.batch_size, cfg.seed)
-    module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
+    module = ClassificationModule(model, method, cfg.task, cfg.optim)
     probe = StepProbe(measure_memory_at=steps - 1)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, precision="bf16-mixed", gradient_clip_val=1.0, max_steps=steps, max_epochs=1,

@@ -3,7 +3,7 @@
     python benchmarks/sparse24_latency.py [--backbone minilm] [--tokens 4096] [--dtype float16]
 
 Takes the block linears of a backbone (MiniLM offline by default) plus the BERT-base and BERT-large block shapes,
-prunes each weight to 2:4 along its input dim (ftlab.sparsity.project_nm, the pattern ASP and NxM produce), converts
+prunes each weight to 2:4 along its input dim (ftlab.methods.sparsity.masks.project_nm, the pattern ASP and NxM produce), converts
 it with `torch.sparse.to_sparse_semi_structured` and times `F.linear` on a (tokens, in) activation, dense weight vs
 sparse weight, with CUDA events. Shapes the conversion rejects are listed with the reason. Without a CUDA device of
 compute capability >= 8.0 it measures nothing, says so and exits 0: no speed-up is ever claimed unmeasured.
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ftlab.sparsity import project_nm
+from ftlab.methods.sparsity.masks import project_nm
 
 PAPER_SHAPES = {  # (out, in) of the six block linears: q/k/v/attn-out, FFN1, FFN2
     "bert-base": [(768, 768), (3072, 768), (768, 3072)],
@@ -37,9 +37,9 @@ def skip_reason() -> str | None:
 def backbone_shapes(name: str) -> list[tuple[int, int]]:
     from hydra import compose, initialize_config_dir
 
-    from ftlab.backbones import load_model
+    from ftlab.backbones import as_out_in, load_model
     from ftlab.config import CONF_DIR, register_resolvers
-    from ftlab.sparsity import as_out_in, target_layers
+    from ftlab.methods.sparsity.masks import target_layers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

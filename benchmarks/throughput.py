@@ -23,10 +23,10 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 
 from ftlab.backbones import attention_for, load_model, load_tokenizer
 from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
-from ftlab.data.glue import read_local_split
-from ftlab.data.module import TaskDataModule
 from ftlab.methods.finetune import FineTune
-from ftlab.module import FineTuneModule
+from ftlab.tasks.classification.datamodule import ClassificationDataModule
+from ftlab.tasks.classification.glue import read_local_split
+from ftlab.tasks.classification.module import ClassificationModule
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA_DIR = Path(os.environ.get("FTLAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
@@ -102,8 +102,8 @@ def run_ftlab(cfg, steps: int, warmup: int, precision: str) -> StepTimer:
     tokenizer = load_tokenizer(cfg.backbone)
     model = load_model(cfg.backbone, attn_implementation=attention_for("cpu"), num_labels=2)  # as run.py on CPU
     model.train()
-    data = TaskDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, None, cfg.train.batch_size, 0)
-    module = FineTuneModule(model, FineTune(), cfg.task, cfg.optim, cfg.backbone)
+    data = ClassificationDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, None, cfg.train.batch_size, 0)
+    module = ClassificationModule(model, FineTune(), cfg.task, cfg.optim)
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
         accelerator="cpu", precision="bf16-mixed" if precision == "bf16" else "32-true", max_steps=steps,

@@ -14,9 +14,9 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from ftlab.backbones import load_model, load_tokenizer
 from ftlab.config import PROJECT_ROOT
-from ftlab.data.glue import read_local_split
-from ftlab.metrics import compute_metrics, predictions
-from ftlab.tables import aggregate
+from ftlab.report.tables import aggregate
+from ftlab.tasks.classification.glue import read_local_split
+from ftlab.tasks.classification.metrics import compute_metrics, predictions
 
 from throughput import DATA_DIR, compose
 

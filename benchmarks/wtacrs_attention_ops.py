@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ftlab.methods.wtacrs_attention import HeadRowSampler, _SampledPV, _SampledQK
+from ftlab.methods.wtacrs.attention import HeadRowSampler, _SampledPV, _SampledQK
 
 
 def cpu_ms(fn: Callable[[], None], repeats: int) -> float:

@@ -22,8 +22,8 @@ longest, length-grouped batch of real RTE training rows) and bf16 autocast as in
                     linearly (the idea of the paper's Figure 13, by this measurement rather than GPU peak memory)
   CUDA step peak    (--device cuda) the allocator's peak during forward + backward + AdamW step above what was
                     allocated before it (activations, gradients, temporaries), median over the timed rounds
-Writes <out>/wtacrs_memory.json and .md (`--from-json` re-renders the .md of a saved JSON); experiments/
-wtacrs_memory_plot.py draws the bars.
+Writes <out>/wtacrs_memory.json and .md (`--from-json` re-renders the .md of a saved JSON); `python -m
+ftlab.report.plots.wtacrs_memory` draws the bars.
 """
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ import torch
 
 from ftlab.backbones import block_linears, load_model, load_tokenizer
 from ftlab.config import CONF_DIR, PROJECT_ROOT, register_resolvers
-from ftlab.data.module import TaskDataModule
 from ftlab.methods.base import Method
-from ftlab.methods.lora import LoRA
-from ftlab.methods.wtacrs import WTACRS, LoRAWTACRS
-from ftlab.saved_tensors import SavedTensorMeter, SavedTensors
+from ftlab.methods.lora.lora import LoRA
+from ftlab.methods.wtacrs.method import WTACRS, LoRAWTACRS
+from ftlab.tasks.classification.datamodule import ClassificationDataModule
+from ftlab.telemetry.saved_tensors import SavedTensorMeter, SavedTensors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA_DIR = Path(os.environ.get("FTLAB_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
@@ -99,7 +99,7 @@ def compose(overrides: list[str]):
 
 def first_batch(cfg, tokenizer, batch_size: int) -> dict[str, torch.Tensor]:
     cache = Path(cfg.paths.cache_dir) / "tokenized"
-    data = TaskDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, cache, batch_size, seed=0)
+    data = ClassificationDataModule(cfg.task, cfg.data, tokenizer, DATA_DIR, cache, batch_size, seed=0)
     data.setup()
     return next(iter(data.train_dataloader()))  # length-grouped: the first batch holds the longest sequence
 

@@ -10,21 +10,17 @@ import pytorch_lightning as pl
 import torch
 from conftest import compose_config, tiny_overrides
 
-from ftlab.backbones import load_model, load_tokenizer
-from ftlab.data.module import TaskDataModule
+from ftlab.backbones import load_tokenizer
 from ftlab.methods import Method
-from ftlab.module import FineTuneModule
+from ftlab.tasks.module import TaskModule, task_classes
 
 
 def tiny_parts(tmp: Path, *overrides: str, dropout: float = 0.0):
     """(config, model) of a seeded tiny BERT; `dropout` sets every dropout probability of the model config."""
     cfg = compose_config(tiny_overrides(tmp, *overrides))
     pl.seed_everything(0, verbose=False)
-    model = load_model(
-        cfg.backbone, num_labels=cfg.task.num_labels,
-        problem_type="regression" if cfg.task.kind == "regression" else "single_label_classification",
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-    )
+    _, module_class = task_classes(cfg.task)
+    model = module_class.load_model(cfg.backbone, cfg.task, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return cfg, model
 
 
@@ -39,13 +35,13 @@ def one_step_gradients(
     )
     method = make_method()
     method.setup(model, cfg.backbone)
-    data = TaskDataModule(cfg.task, cfg.data, load_tokenizer(cfg.backbone), Path(cfg.paths.data_dir),
-                          Path(cfg.paths.cache_dir) / "tokenized", batch_size, cfg.seed)
-    module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
+    data_class, module_class = task_classes(cfg.task)
+    data = data_class.for_run(cfg, load_tokenizer(cfg.backbone))
+    module = module_class.for_run(cfg, model, method, data, Path(cfg.paths.output_dir))
     captured: dict[str, torch.Tensor] = {}
     original = method.on_before_optimizer_step
 
-    def capture(module: FineTuneModule, optimizer: torch.optim.Optimizer) -> None:
+    def capture(module: TaskModule, optimizer: torch.optim.Optimizer) -> None:
         original(module, optimizer)
         captured.update({n: p.grad.detach().clone() for n, p in module.model.named_parameters() if p.grad is not None})
 

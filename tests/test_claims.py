@@ -1,4 +1,4 @@
-"""The claims engine (ftlab.claims): verdicts on synthetic runs, the Welch interval against a hand computation,
+"""The claims engine (ftlab.report.claims): verdicts on synthetic runs, the Welch interval against a hand computation,
 malformed claims, the std bootstrap, and the trivial scores behind the did-not-learn gate."""
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ftlab.claims import evaluate_all, interval_verdict, load_claims, render_csv, write_claims
 from ftlab.errors import ConfigError, DataError
-from ftlab.gates import Gate
-from ftlab.intervals import bootstrap_std_difference, welch_interval
 from ftlab.records import RunRecord
-from ftlab.tables import collect_runs
+from ftlab.report.build import write_claims
+from ftlab.report.claims import evaluate_all, interval_verdict, load_claims, render_csv
+from ftlab.report.gates import Gate
+from ftlab.report.intervals import bootstrap_std_difference, welch_interval
+from ftlab.report.tables import collect_runs
 
 EXPERIMENT = OmegaConf.create({"experiment_name": "syn", "table": {
     "name": "syn", "title": "T", "ours": "o", "rule": "mean_std",
@@ -157,7 +158,7 @@ def test_claims_files_are_written_and_deterministic(tmp_path: Path) -> None:
 
 
 def test_trivial_scores_need_the_data_folder(tmp_path: Path) -> None:
-    from ftlab.trivial import compute_csv
+    from ftlab.report.trivial import compute_csv
 
     with pytest.raises(DataError, match="FTLAB_DATA_DIR") as err:
         compute_csv(["rte"], tmp_path / "missing")
@@ -165,9 +166,9 @@ def test_trivial_scores_need_the_data_folder(tmp_path: Path) -> None:
 
 
 def test_committed_trivial_scores_match_the_data() -> None:
-    """results/trivial_scores.csv is what `python -m ftlab.trivial` computes from the GLUE folder (when it is here)."""
-    from ftlab.gates import GATES_YAML, gated_tasks
-    from ftlab.trivial import TRIVIAL_CSV, compute_csv, default_data_dir
+    """results/trivial_scores.csv is what `python -m ftlab.report.trivial` computes from the GLUE folder (when it is here)."""
+    from ftlab.report.gates import GATES_YAML, gated_tasks
+    from ftlab.report.trivial import TRIVIAL_CSV, compute_csv, default_data_dir
 
     if not (default_data_dir() / "glue").is_dir():
         pytest.skip(f"no GLUE data at {default_data_dir()} (FTLAB_DATA_DIR)")
@@ -175,7 +176,7 @@ def test_committed_trivial_scores_match_the_data() -> None:
 
 
 def test_committed_gate_reads_as_the_issue_states() -> None:
-    from ftlab.gates import load_gate
+    from ftlab.report.gates import load_gate
 
     gate = load_gate()
     assert gate.threshold("cola", "mcc") == pytest.approx(10.0)

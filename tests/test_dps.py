@@ -12,7 +12,7 @@ from torch import nn
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
-from ftlab.methods.dps import DPS, kept_count, phase_at
+from ftlab.methods.stability.dps import DPS, kept_count, phase_at
 
 BATCH, LENGTH = 16, 12
 

@@ -14,11 +14,11 @@ from transformers import BertConfig, BertForSequenceClassification
 from ftlab.backbones import load_model
 from ftlab.config import CONF_DIR
 from ftlab.errors import ConfigError
-from ftlab.grebsmo import grebsmo, omega_indices
-from ftlab.head_pruning import remove_heads
-from ftlab.methods.dsee import DSEE
-from ftlab.methods.lora import LoRALayer, add_lora, lora_layers, merge_lora
-from ftlab.efficiency import block_linear_macs
+from ftlab.methods.adapters import LoRALayer, add_lora, lora_layers, merge_lora
+from ftlab.methods.lora.dsee import DSEE
+from ftlab.methods.lora.efficiency import block_linear_macs
+from ftlab.methods.lora.grebsmo import grebsmo, omega_indices
+from ftlab.methods.lora.head_pruning import remove_heads
 from conftest import compose_config
 
 
@@ -206,7 +206,7 @@ def test_phase_schedules_and_too_few_epochs_for_recovery():
     trainer = SimpleNamespace(max_epochs=5, num_training_batches=7, accumulate_grad_batches=2)
     method = DSEE(phase1_epochs=2)
     assert method.schedule_steps(SimpleNamespace(trainer=trainer), 20) == 8  # 2 epochs x ceil(7 / 2) steps
-    method.phase = 3
+    method.phase = 2
     assert method.schedule_steps(SimpleNamespace(trainer=trainer), 12) == 12  # recovery: every step left
     with pytest.raises(ConfigError, match="train.epochs=2 leaves none for recovery"):
         DSEE(phase1_epochs=2).schedule_steps(SimpleNamespace(trainer=SimpleNamespace(max_epochs=2)), 10)
@@ -217,7 +217,7 @@ def test_tiny_run_unstructured(run_tiny):
     record = run_tiny("task=rte", "method=dsee", "method.r=4", "train.epochs=2", "method.phase1_epochs=1",
                       "method.density=0.7")
     report = record["method_report"]
-    assert record["status"] == "completed" and report["phase"] == 3
+    assert record["status"] == "completed" and report["phase"] == 2
     assert report["schedule_steps"] == [3, 3]  # 48 rows / batch 16: phase 1 and recovery schedules, 3 steps each
     assert report["prunable_density"] == pytest.approx(0.7, abs=1e-3)
     assert report["block_nonzero_percent"] == pytest.approx(70, abs=1.5)  # the pooler, pruned with them, is left out
@@ -287,7 +287,7 @@ def test_switch_restores_best_phase1_adapters_and_rebuilds_the_optimizer(tiny_be
         module.history.append({"epoch": len(module.history), "step": 0, "metrics": {"dev": {"accuracy": score}}})
         method.on_validation_end(module)
     method.on_train_epoch_end(module, 4)  # phase1_epochs = 5: epoch index 4 ends phase 1
-    assert rebuilt == [trainer] and method.phase == 3 and module.history == []
+    assert rebuilt == [trainer] and method.phase == 2 and module.history == []
     assert [h["metrics"]["dev"]["accuracy"] for h in method.phase1_history] == [60.0, 50.0]
     assert torch.all(B == 1.0)  # pruning started from the best phase-1 adapters
     assert method.report(module)["phase1"]["best"]["epoch"] == 0

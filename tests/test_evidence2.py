@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 
 from ftlab.config import CONF_DIR, PROJECT_ROOT
 from ftlab.errors import ConfigError
-from ftlab.gates import Gate, load_gate
-from ftlab.protocol import Protocol, _override_value, sweep_points
 from ftlab.records import RunRecord, iter_records
-from ftlab.tables import experiment_runs, experiments_with_tables, render_table
+from ftlab.report.gates import Gate, load_gate
+from ftlab.report.protocol import Protocol, _override_value, sweep_points
+from ftlab.report.tables import experiment_runs, experiments_with_tables, render_table
 from ftlab.validation import validate_run_config
 
 NEW_EXPERIMENTS = ["dsee_cpu", "dsee_cpu_calibration", "dps_cpu_full", "dps_cpu_full_calibration", "dps_cpu"]
@@ -166,7 +166,7 @@ REQUIRED_CLAIMS = {
 
 @pytest.mark.parametrize("file", sorted(REQUIRED_CLAIMS))
 def test_claims_load_and_name_rows_of_their_tables(file, empty_tables) -> None:
-    from ftlab.claims import evaluate, load_claims
+    from ftlab.report.claims import evaluate, load_claims
 
     claims = load_claims(CONF_DIR / "claims" / file, empty_tables)
     assert REQUIRED_CLAIMS[file] <= {c.id for c in claims}
@@ -181,7 +181,7 @@ def test_claims_load_and_name_rows_of_their_tables(file, empty_tables) -> None:
 
 
 def test_claims_count_for_the_two_papers(empty_tables) -> None:
-    from ftlab.claims import load_claims
+    from ftlab.report.claims import load_claims
 
     rows = sum(len(c.tasks) for f in REQUIRED_CLAIMS for c in load_claims(CONF_DIR / "claims" / f, empty_tables))
     assert rows >= 16
@@ -205,7 +205,7 @@ def test_dps_paper_column_is_empty_and_says_why(empty_tables) -> None:
 
 
 def test_figures_render_an_empty_state_deterministically(tmp_path: Path, empty_tables) -> None:
-    from ftlab.report_figures import write_figures
+    from ftlab.report.plots.figures import write_figures
 
     spec = CONF_DIR / "report" / "figures.yaml"
     first = write_figures(spec, empty_tables, load_gate(), tmp_path / "one")
@@ -220,8 +220,8 @@ def test_figures_render_an_empty_state_deterministically(tmp_path: Path, empty_t
 
 
 def test_figures_draw_the_runs_a_table_counts(tmp_path: Path) -> None:
-    from ftlab.report_figures import params_points, seeds_plot
-    from ftlab.tables import collect_runs
+    from ftlab.report.plots.figures import params_points, seeds_plot
+    from ftlab.report.tables import collect_runs
 
     experiment = OmegaConf.create({"experiment_name": "syn", "table": {
         "name": "syn", "title": "T", "ours": "o", "rule": "mean_std",

@@ -87,8 +87,8 @@ def test_lock_is_refused_to_a_second_holder_and_released_when_its_process_dies(t
 def test_cold_tokenisation_cache_shared_by_two_processes(tmp_path: Path) -> None:
     script = (
         "import sys; from pathlib import Path; from omegaconf import OmegaConf\n"
-        "from ftlab.backbones import load_tokenizer; from ftlab.data.glue import read_local_split\n"
-        "from ftlab.data.tokenize import tokenize_rows\n"
+        "from ftlab.backbones import load_tokenizer; from ftlab.tasks.classification.glue import read_local_split\n"
+        "from ftlab.tasks.classification.tokenize import tokenize_rows\n"
         f"task = OmegaConf.load({str(ROOT / 'conf/task/rte.yaml')!r})\n"
         f"backbone = OmegaConf.load({str(ROOT / 'conf/backbone/tiny-bert.yaml')!r})\n"
         f"rows = read_local_split(Path({str(DATA_DIR)!r}), task, 'train')\n"

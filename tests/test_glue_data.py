@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ftlab.data.glue import read_glue_tsv, read_local_split
 from ftlab.errors import DataError
+from ftlab.tasks.classification.glue import read_glue_tsv, read_local_split
 
 from conftest import DATA_DIR, compose_config
 

@@ -10,7 +10,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
-from ftlab.methods.lora import LoRA, LoRALayer, add_lora, freeze_for_adapters, lora_layers, merge_lora
+from ftlab.methods.adapters import LoRALayer, add_lora, freeze_for_adapters, lora_layers, merge_lora
+from ftlab.methods.lora.lora import LoRA
 from conftest import compose_config
 
 GPT2_BACKBONE = compose_config(["backbone=tiny-gpt2"]).backbone  # conf/backbone/layout/gpt2.yaml: q, k, v -> c_attn

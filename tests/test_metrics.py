@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ftlab.errors import ConfigError
-from ftlab.metrics import compute_metrics, predictions
+from ftlab.tasks.classification.metrics import compute_metrics, predictions
 
 PREDS = np.array([1, 1, 0, 1, 0, 0, 1, 0])
 LABELS = np.array([1, 0, 0, 1, 1, 0, 1, 0])

@@ -9,7 +9,7 @@ from torch import nn
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
-from ftlab.methods.mixout import Mixout, MixoutLinear
+from ftlab.methods.stability.mixout import Mixout, MixoutLinear
 
 
 def mixed_layer(p: float, seed: int = 0) -> tuple[MixoutLinear, torch.Tensor]:

@@ -9,10 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from ftlab.backbones import load_tokenizer
-from ftlab.data.d2t_module import encode_prompts, encode_training_rows, group_references, special_ids
-from ftlab.data.d2t_readers import read_dart_json, read_e2e_csv, read_webnlg_xml
-from ftlab.data.linearize import delinearize_e2e, delinearize_triples, linearize_e2e, linearize_triples, parse_e2e_mr
 from ftlab.errors import DataError
+from ftlab.tasks.generation.datamodule import encode_prompts, encode_training_rows, group_references, special_ids
+from ftlab.tasks.generation.linearize import delinearize_e2e, delinearize_triples, linearize_e2e, linearize_triples, parse_e2e_mr
+from ftlab.tasks.generation.readers import read_dart_json, read_e2e_csv, read_webnlg_xml
 
 from conftest import DATA_DIR, compose_config
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftlab.nlg.module import target_loss
+from ftlab.tasks.generation.module import target_loss
 
 FAST = ["backbone=tiny-gpt2", "data.max_train_samples=16", "data.max_eval_samples=6", "train.batch_size=8",
         "task.decoding.max_new_tokens=6", "task.decoding.batch_size=4"]

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from ftlab.nlg import coco, metrics
-from ftlab.nlg.metrics import score_generation
-from ftlab.nlg.nist import BETA, corpus_nist
+from ftlab.tasks.generation import coco, metrics
+from ftlab.tasks.generation.metrics import score_generation
+from ftlab.tasks.generation.nist import BETA, corpus_nist
 
 HYP = "The cat sat on the mat."
 REFS = [["the cat sat on a mat.", "A cat was sitting on the mat."], ["Blue Spice is a coffee shop in the city centre."]]

@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
-from ftlab.methods.admm import SUPPORT, U, Z, NxMADMM, UnstructuredADMM
-from ftlab.methods.asp import MASK, ASP
-from ftlab.module import FineTuneModule
-from ftlab.sparsity import project_nm, target_layers
+from ftlab.methods.sparsity.admm import SUPPORT, U, Z, NxMADMM, UnstructuredADMM
+from ftlab.methods.sparsity.asp import MASK, ASP
+from ftlab.methods.sparsity.masks import project_nm, target_layers
+from ftlab.report.plots import nxm_similarity
+from ftlab.tasks.classification.module import ClassificationModule
 
 from conftest import PROJECT_ROOT, compose_config
 
@@ -37,7 +38,7 @@ def fake_module(model: torch.nn.Module, step: int = 0, epoch: int = 0, max_epoch
 
 
 def independent_groups(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
-    """Non-zeros per group of m along the input dim, computed without ftlab.sparsity."""
+    """Non-zeros per group of m along the input dim, computed without ftlab.methods.sparsity.masks."""
     return (weight != 0).reshape(weight.shape[0], weight.shape[1] // m, m).sum(-1)
 
 
@@ -207,7 +208,7 @@ def train_weights(method: Any, batch_size: int, accumulate: int) -> dict[str, to
     optim = OmegaConf.create({"lr": 1e-2, "weight_decay": 0.01, "warmup_ratio": 0.0, "warmup_steps": 0,
                               "betas": [0.9, 0.999], "eps": 1e-8})
     task = OmegaConf.create({"eval_splits": [], "kind": "classification", "metrics": ["accuracy"]})
-    module = FineTuneModule(model, method, task, optim, backbone)
+    module = ClassificationModule(model, method, task, optim)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, accumulate_grad_batches=accumulate, precision="32-true",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
@@ -257,7 +258,7 @@ def test_two_tiny_asp_runs_in_one_process_end_exactly_2_of_4(run_tiny: Any) -> N
 def test_export_checker_script_passes_an_asp_export_and_fails_a_broken_one(run_tiny: Any, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    spec = importlib.util.spec_from_file_location("verify", PROJECT_ROOT / "experiments" / "verify_nm_export.py")
+    spec = importlib.util.spec_from_file_location("verify", PROJECT_ROOT / "scripts" / "verify_nm_export.py")
     verify = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(verify)
     record = run_tiny("task=rte", "method=asp", "method.save_model=true")
@@ -284,12 +285,9 @@ def test_tiny_nxm_runs_end_exactly_2_of_4_and_feed_the_similarity_plot(run_tiny:
     assert_exactly_2_of_4(retrained)
     assert len(retrained["method_report"]["admm"]["iterations"]) == 1  # ADMM in epoch 0 only, masked in epoch 1
 
-    spec = importlib.util.spec_from_file_location("plot", PROJECT_ROOT / "experiments" / "nxm_similarity_plot.py")
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
-    points = plot.collect(tmp_path / "records")
+    points = nxm_similarity.collect(tmp_path / "records")
     assert sorted(p["rho"] for p in points) == [1e-3, 3e-2]
-    written = plot.plot(points, tmp_path / "plots")
+    written = nxm_similarity.plot(points, tmp_path / "plots")
     assert [p.name for p in written] == ["nxm_similarity_rte.png"] and written[0].stat().st_size > 0
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from ftlab.progress import ProgressBar, duration, epoch_text
+from ftlab.ui.progress import ProgressBar, duration, epoch_text
 
 from conftest import tiny_overrides
 
@@ -45,7 +45,7 @@ def test_log_lines_and_summary_when_output_is_not_a_terminal(tmp_path: Path) -> 
     assert all(" epoch 1/1 · " in line and "samples/s" in line and "loss " in line and "ETA " in line for line in lines)
     assert "validated epoch 1/1: dev/accuracy" in out
     assert "Epoch 0/0" not in out and "━" not in out  # no bar frame in a log file
-    for noise in ("litlogger", "LeafSpec", "smaller than the logging interval", "weights_only"):  # ftlab.quiet
+    for noise in ("litlogger", "LeafSpec", "smaller than the logging interval", "weights_only"):  # ftlab.ui.quiet
         assert noise not in out, noise
     header = next(i for i, line in enumerate(out.splitlines()) if line.rstrip().endswith("job  status      metric"
                                                                                           "               best     min  run"))

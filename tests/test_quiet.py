@@ -1,4 +1,4 @@
-"""ftlab.quiet: the known third-party noise is filtered, everything else still shows, and the switch brings it back."""
+"""ftlab.ui.quiet: the known third-party noise is filtered, everything else still shows, and the switch brings it back."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ import warnings
 import pytest
 from omegaconf import OmegaConf
 
-from ftlab import quiet
+from ftlab.ui import quiet
 from ftlab.backbones import load_model
 
 from conftest import PROJECT_ROOT

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from one_step import assert_same_gradients, one_step_gradients, tiny_parts
 
 from ftlab.errors import BackboneError, ConfigError
-from ftlab.methods.consistency import symmetric_kl, symmetric_kl_per_example
-from ftlab.methods.r3f import R3F, add_noise
-from ftlab.methods.rdrop import RDrop
-from ftlab.module import FineTuneModule
+from ftlab.methods.stability.consistency import symmetric_kl, symmetric_kl_per_example
+from ftlab.methods.stability.r3f import R3F, add_noise
+from ftlab.methods.stability.rdrop import RDrop
+from ftlab.tasks.classification.module import ClassificationModule
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,14 +29,14 @@ def _batch(cfg, rows: int = 6, length: int = 12) -> dict[str, torch.Tensor]:
             "labels": labels, "idx": torch.arange(rows)}
 
 
-def _module(tmp: Path, method, *overrides: str, dropout: float = 0.0) -> tuple[FineTuneModule, dict[str, torch.Tensor]]:
+def _module(tmp: Path, method, *overrides: str, dropout: float = 0.0) -> tuple[ClassificationModule, dict[str, torch.Tensor]]:
     cfg, model = tiny_parts(tmp, *overrides, dropout=dropout)
     method.setup(model, cfg.backbone)
     model.train()
-    return FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone), _batch(cfg)
+    return ClassificationModule(model, method, cfg.task, cfg.optim), _batch(cfg)
 
 
-def assert_paired_pass_is_the_plain_forward_twice(module: FineTuneModule, batch: dict[str, torch.Tensor]) -> None:
+def assert_paired_pass_is_the_plain_forward_twice(module: ClassificationModule, batch: dict[str, torch.Tensor]) -> None:
     """With nothing random in the pass (no dropout, no noise), both halves of the paired forward are the plain forward,
     its loss is the Hugging Face head's own loss from the labels, and the consistency term adds exactly nothing."""
     plain = module(batch)

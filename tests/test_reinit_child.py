@@ -7,8 +7,8 @@ import torch
 from one_step import assert_same_gradients, one_step_gradients, tiny_parts
 
 from ftlab.errors import ConfigError
-from ftlab.methods.child_tuning import ChildTuningD, top_fraction_masks
-from ftlab.methods.reinit import Reinit
+from ftlab.methods.stability.child_tuning import ChildTuningD, top_fraction_masks
+from ftlab.methods.stability.reinit import Reinit
 
 TOP = "bert.encoder.layer.1."
 POOLER = "bert.pooler."

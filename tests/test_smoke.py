@@ -9,13 +9,13 @@ def test_gradient_clipping_works_with_the_fused_optimizer():
 
     from ftlab.backbones import load_model
     from ftlab.methods.finetune import FineTune
-    from ftlab.module import FineTuneModule
+    from ftlab.tasks.classification.module import ClassificationModule
 
     from conftest import compose_config
 
     cfg = compose_config(["backbone=tiny-bert"])
     model = load_model(cfg.backbone, num_labels=2)
-    module = FineTuneModule(model, FineTune(), cfg.task, cfg.optim, cfg.backbone)
+    module = ClassificationModule(model, FineTune(), cfg.task, cfg.optim)
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
     for p in model.parameters():
         p.grad = torch.full_like(p, 10.0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
-from ftlab.sparsity import (
+from ftlab.methods.sparsity.masks import (
     check_divisible, layer_mask, nm_compliance, nm_mask, project_nm, project_unstructured, sparsity_report,
     target_layers, unstructured_mask, verify_nm,
 )

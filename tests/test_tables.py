@@ -10,9 +10,9 @@ import pytest
 from ftlab import records
 from ftlab.config import CONF_DIR, PROJECT_ROOT
 from ftlab.errors import ConfigError
-from ftlab.gates import Gate
 from ftlab.records import RunRecord
-from ftlab.tables import aggregate, write_tables
+from ftlab.report.gates import Gate
+from ftlab.report.tables import aggregate, write_tables
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COMMITTED_RECORDS = PROJECT_ROOT / "results" / "records"
@@ -69,7 +69,7 @@ def test_aggregation_rules() -> None:
 def test_committed_results_regenerate_byte_identically(tmp_path: Path) -> None:
     """`python -m ftlab.tables` on the committed records reproduces every committed results/*.md and .csv, claims.md,
     claims.csv, claims.png and the per-epoch plots, byte for byte (the PNGs carry no version or date)."""
-    from ftlab.tables import write_report
+    from ftlab.report.build import write_report
 
     written = write_report(PROJECT_ROOT / "conf", COMMITTED_RECORDS, tmp_path)
     names = {path.name for path in written}
@@ -85,7 +85,7 @@ def test_committed_results_regenerate_byte_identically(tmp_path: Path) -> None:
 def test_records_from_reuses_another_experiments_runs_and_says_so() -> None:
     from omegaconf import OmegaConf
 
-    from ftlab.tables import build_table
+    from ftlab.report.tables import build_table
 
     experiment = OmegaConf.create({"experiment_name": "mine", "table": {
         "name": "t", "title": "T", "ours": "o", "rule": "mean_std", "records_from": ["dense"],
@@ -111,7 +111,7 @@ def two_row_table(recs: list[RunRecord], **table: object) -> dict:
 def test_difference_rows_state_how_far_a_row_lands_from_its_baseline() -> None:
     from omegaconf import OmegaConf
 
-    from ftlab.tables import build_table
+    from ftlab.report.tables import build_table
 
     recs = [fake_record("rte", "finetune", 1, 60.0, [1]), fake_record("rte", "finetune", 2, 64.0, [1]),
             fake_record("rte", "nxm", 1, 58.5, [1]), fake_record("mrpc", "finetune", 1, 80.0, [1], metric="f1")]
@@ -124,7 +124,7 @@ def test_difference_rows_state_how_far_a_row_lands_from_its_baseline() -> None:
         build_table(OmegaConf.create(spec), recs, protocol=accept_all)
 
 
-# --- protocol filtering (ftlab.protocol) -------------------------------------------------------------------------
+# --- protocol filtering (ftlab.report.protocol) -------------------------------------------------------------------------
 
 
 def committed(experiment: str, prefix: str) -> list[RunRecord]:
@@ -137,7 +137,7 @@ def table_lines(markdown: str) -> list[str]:
 
 def test_a_debug_record_changes_no_cell_and_is_named_as_excluded() -> None:
     """A debug run (64 training rows, 1 epoch) dropped into glue_dense_cpu's folder is not the table's protocol."""
-    from ftlab.tables import build_table, experiments_with_tables
+    from ftlab.report.tables import build_table, experiments_with_tables
 
     experiment = next(e for e in experiments_with_tables(CONF_DIR) if e.experiment_name == "glue_dense_cpu")
     runs = committed("glue_dense_cpu", "rte-")
@@ -159,7 +159,7 @@ def test_a_debug_record_changes_no_cell_and_is_named_as_excluded() -> None:
 
 def test_records_from_runs_are_checked_against_this_tables_protocol() -> None:
     """glue_dense_cpu's RTE runs count as wtacrs_cpu's Full fine-tuning; one with another lr does not."""
-    from ftlab.tables import build_table, experiments_with_tables
+    from ftlab.report.tables import build_table, experiments_with_tables
 
     experiment = next(e for e in experiments_with_tables(CONF_DIR) if e.experiment_name == "wtacrs_cpu")
     runs = committed("glue_dense_cpu", "rte-")
@@ -172,7 +172,7 @@ def test_records_from_runs_are_checked_against_this_tables_protocol() -> None:
 
 
 def test_protocol_differences_rules() -> None:
-    from ftlab.protocol import differences
+    from ftlab.report.protocol import differences
 
     protocol = {"seed": 1, "method": {"name": "wtacrs", "sample_scores": None, "budget": 0.3}, "train": {"epochs": 3}}
     old = {"seed": 2, "method": {"name": "wtacrs", "budget": 0.3}, "train": {"epochs": 3}}
@@ -189,8 +189,8 @@ def test_sweep_points_take_the_records_value() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from ftlab.protocol import Protocol, sweep_points
-    from ftlab.tables import experiments_with_tables
+    from ftlab.report.protocol import Protocol, sweep_points
+    from ftlab.report.tables import experiments_with_tables
 
     experiment = next(e for e in experiments_with_tables(CONF_DIR) if e.experiment_name == "dsee_cpu")
     assert "grid.variant" in sweep_points(experiment)
@@ -204,13 +204,13 @@ def test_sweep_points_take_the_records_value() -> None:
     assert "method.num_sparse: protocol 16, run 0" in protocol.mismatches(experiment, rows["DSEE 70%"], "rte", lora)
 
 
-# --- did-not-learn gate (ftlab.gates) ----------------------------------------------------------------------------
+# --- did-not-learn gate (ftlab.report.gates) ----------------------------------------------------------------------------
 
 
 def test_gate_renders_did_not_learn_and_names_the_runs() -> None:
     from omegaconf import OmegaConf
 
-    from ftlab.tables import build_table
+    from ftlab.report.tables import build_table
 
     recs = [fake_record("rte", "finetune", 1, 54.0, [1]), fake_record("rte", "finetune", 2, 56.0, [1]),
             fake_record("rte", "nxm", 1, 61.0, [1]), fake_record("mrpc", "nxm", 1, 10.0, [1], metric="f1")]
@@ -229,7 +229,7 @@ def test_gate_renders_did_not_learn_and_names_the_runs() -> None:
 def test_protocol_composes_inside_a_callers_hydra_and_gives_it_back() -> None:
     from hydra import compose, initialize_config_dir
 
-    from ftlab.protocol import Protocol
+    from ftlab.report.protocol import Protocol
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         protocol = Protocol(CONF_DIR).compose("glue_dense_cpu", ["method=finetune", "task=rte", "seed=1"])
@@ -253,7 +253,7 @@ def test_every_table_spec_names_an_experiment_and_no_experiment_carries_one() ->
     experiment that has a table; no experiment file declares `table:` (it would enter every run's config)."""
     from omegaconf import OmegaConf
 
-    from ftlab.tables import experiments_with_tables
+    from ftlab.report.tables import experiments_with_tables
 
     specs = {path.stem for path in (CONF_DIR / "report" / "tables").glob("*.yaml")}
     assert specs == {e.experiment_name for e in experiments_with_tables(CONF_DIR)}

@@ -11,10 +11,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from ftlab.config import CONF_DIR
-from ftlab.data.d2t_readers import read_dart_json, read_e2e_csv, read_webnlg_xml
-from ftlab.data.glue import read_glue_tsv
 from ftlab.data.textfile import MAX_FIELD_CHARS
 from ftlab.errors import ConfigError, DataError
+from ftlab.tasks.classification.glue import read_glue_tsv
+from ftlab.tasks.generation.readers import read_dart_json, read_e2e_csv, read_webnlg_xml
 from ftlab.validation import validate_data_files, validate_run_config
 
 from conftest import DATA_DIR, GLUE_AVAILABLE
@@ -37,13 +37,13 @@ def compose_many():
 def no_model_or_data_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """Validation must fail before anything heavy: loading a tokenizer, a model or tokenising rows is an error here."""
     import ftlab.backbones
-    import ftlab.data.tokenize
+    import ftlab.tasks.classification.tokenize
 
     def loaded(*args, **kwargs):
         raise AssertionError("validation loaded a model, a tokenizer or tokenised data")
 
     for module, name in ((ftlab.backbones, "load_model"), (ftlab.backbones, "load_tokenizer"),
-                         (ftlab.data.tokenize, "tokenize_rows")):
+                         (ftlab.tasks.classification.tokenize, "tokenize_rows")):
         monkeypatch.setattr(module, name, loaded)
 
 
@@ -81,7 +81,7 @@ def no_model_or_data_load(monkeypatch: pytest.MonkeyPatch) -> None:
     (["+trainer.max_steps=10"], "use train.epochs / train.max_steps"),
     (["+trainer.no_such_arg=1"], "trainer.no_such_arg is not a parameter of pytorch_lightning.Trainer"),
     (["trainer.precision=bf17"], "trainer.precision must be null or one of"),
-    (["method=nxm", "+method.foo=1"], "method.foo is not a parameter of ftlab.methods.admm.NxMADMM; accepted method.* "
+    (["method=nxm", "+method.foo=1"], "method.foo is not a parameter of ftlab.methods.sparsity.admm.NxMADMM; accepted method.* "
                                       "keys: rho, n, m, iteration_every, masked_retrain_epochs"),
     (["+method.p=0.1"], "method.p is not a parameter of ftlab.methods.finetune.FineTune"),
     (["method=nxm", "method.iteration_every=0"], "method.iteration_every must be >= 1, got 0"),

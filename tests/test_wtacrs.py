@@ -8,11 +8,11 @@ from torch import nn
 
 from ftlab.backbones import block_linears, load_model
 from ftlab.errors import ConfigError
-from ftlab.methods.wtacrs import LoRAWTACRS, WTACRS
-from ftlab.methods.wtacrs_cache import NormCache
-from ftlab.saved_tensors import SavedTensorMeter
-from ftlab.methods.wtacrs_ops import RowSampler, WTACRSLinear, sampled_linear
-from ftlab.methods.wtacrs_sampling import budget_rows, deterministic_count, plan_rows, row_probabilities
+from ftlab.methods.wtacrs.cache import NormCache
+from ftlab.methods.wtacrs.method import LoRAWTACRS, WTACRS
+from ftlab.methods.wtacrs.ops import RowSampler, WTACRSLinear, sampled_linear
+from ftlab.methods.wtacrs.sampling import budget_rows, deterministic_count, plan_rows, row_probabilities
+from ftlab.telemetry.saved_tensors import SavedTensorMeter
 
 from conftest import compose_config
 

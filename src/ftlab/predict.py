@@ -24,6 +24,9 @@ from torch.utils.data import DataLoader
 
 from .config import portable_path
 from .errors import ConfigError, DataError
+from .tasks.classification.datamodule import IndexedCollator
+from .tasks.classification.metrics import predictions
+from .tasks.classification.tokenize import tokenize_rows
 
 log = logging.getLogger("ftlab")
 FILES = {"test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv", "ax": "diagnostic.tsv"}
@@ -99,10 +102,6 @@ def read_unlabeled(cfg: DictConfig, path: Path) -> tuple[list[str], list[dict[st
 @torch.no_grad()
 def predict_files(cfg: DictConfig, model: torch.nn.Module, tokenizer: Any, splits: list[str], weights: str) -> dict:
     """{split: {file, rows, index, predictions, weights}} for each requested split, in file order."""
-    from .data.module import IndexedCollator
-    from .data.tokenize import tokenize_rows
-    from .metrics import predictions
-
     collate = IndexedCollator(tokenizer, cfg.data.pad_to_multiple_of)
     device = next(model.parameters()).device
     bf16 = "bf16" in str(cfg.trainer.precision)

@@ -14,19 +14,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import predict, quiet, records
-from .backbones import attention_for, load_model, load_tokenizer, parameter_counts
+from . import predict, records
+from .backbones import attention_for, load_tokenizer, parameter_counts
 from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, resume_point
 from .config import portable_path, run_identity
 from .data.fingerprint import data_fingerprint
-from .data.module import TaskDataModule
 from .errors import ConfigError, FtlabError
 from .methods.base import Method
-from .module import FineTuneModule
-from .progress import progress_callbacks
 from .records import RunRecord, Selection, metrics_section
 from .run_lock import RunLock
+from .tasks.module import TaskModule, task_classes
 from .telemetry.callbacks import RunTelemetry
+from .ui import quiet
+from .ui.progress import progress_callbacks
 from .validation import validate_data_files, validate_run_config
 
 log = logging.getLogger("ftlab")
@@ -135,12 +135,12 @@ def _predict_completed(cfg: DictConfig, name: str, path: Path, record: RunRecord
                     "or removed): delete its record to retrain it", name, splits, best)
         return record
     tokenizer = load_tokenizer(cfg.backbone)
-    model = load_model(cfg.backbone, attn_implementation=attention_for(cfg.trainer.accelerator),
-                       num_labels=cfg.task.num_labels,
-                       problem_type="regression" if cfg.task.kind == "regression" else "single_label_classification")
+    data_class, module_class = task_classes(cfg.task)
+    model = module_class.load_model(cfg.backbone, cfg.task, attention_for(cfg.trainer.accelerator))
     method = build_method(cfg)
     method.setup(model, cfg.backbone)  # the same modules (adapters, masks) as the checkpoint's
-    module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
+    run_dir = Path(cfg.paths.output_dir) / name
+    module = module_class.for_run(cfg, model, method, data_class.for_run(cfg, tokenizer), run_dir)
     predict.load_best(module, best)
     record = RunRecord(record, test_predictions={
         **record.test_predictions,
@@ -216,26 +216,15 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir) / name
     tokenizer = load_tokenizer(cfg.backbone)
-    task = cfg.task
-    generation = task.kind == "generation"  # data-to-text: a decoder LM, ftlab.nlg's data module and module
-    attention = attention_for(cfg.trainer.accelerator)
-    model = load_model(cfg.backbone, head="causal_lm", attn_implementation=attention) if generation else load_model(
-        cfg.backbone, attn_implementation=attention, num_labels=task.num_labels,
-        problem_type="regression" if task.kind == "regression" else "single_label_classification",
-    )
+    data_class, module_class = task_classes(cfg.task)  # the task config names them by _target_
+    model = module_class.load_model(cfg.backbone, cfg.task, attention_for(cfg.trainer.accelerator))
     model.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: dropout would stay off
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     method = build_method(cfg)
     method.setup(model, cfg.backbone)
-    cache_dir = Path(cfg.paths.cache_dir) / "tokenized" if cfg.paths.cache_dir else None
-    if generation:
-        from .nlg.module import build_generation_parts
-
-        data, module = build_generation_parts(cfg, model, method, tokenizer, run_dir)
-    else:
-        data = TaskDataModule(task, cfg.data, tokenizer, Path(cfg.paths.data_dir), cache_dir, cfg.train.batch_size, cfg.seed)
-        module = FineTuneModule(model, method, task, cfg.optim, cfg.backbone)
+    data = data_class.for_run(cfg, tokenizer)
+    module = module_class.for_run(cfg, model, method, data, run_dir)
     progress["module"] = module
     callbacks: list[pl.Callback] = []
     split, metric = _selection(cfg)
@@ -251,7 +240,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     callbacks.extend(shown)
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    # a bar only on a terminal (ftlab.progress); Lightning would otherwise add its own, which a log file shows as one
+    # a bar only on a terminal (ftlab.ui.progress); Lightning would otherwise add its own, which a log file shows as one
     # final frame
     trainer_kwargs["enable_progress_bar"] = any(isinstance(c, pl.callbacks.ProgressBar) for c in shown)
     # throughput, peak memory, saved activations, environment: their window opens now, so the data module's setup
@@ -267,7 +256,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     if ckpt_path is not None:
         log.info("resuming %s from %s", name, ckpt_path)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)  # our own file: RNG state is numpy
-    if not module.history and not generation:  # generation may decode once at the end instead
+    if not module.history and not module.evaluates_at_fit_end:  # generation may decode once at the end instead
         raise FtlabError(
             f"run {name} finished without a single validation (train.epochs={cfg.train.epochs}, "
             f"train.max_steps={cfg.train.max_steps}); it has no result to record"
@@ -279,9 +268,9 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         "cost": telemetry.cost(),
         "environment": telemetry.environment_section(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **({"generation": module.generation_report()} if generation else {}),
+        **module.record_extras(),
     }
-    if predict.requested(cfg) and not generation and trainer.is_global_zero:  # last: it may load the best weights
+    if predict.requested(cfg) and trainer.is_global_zero:  # last: it may load the best weights
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             predict.load_best(module, Path(best))

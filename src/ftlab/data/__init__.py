@@ -1,1 +1,1 @@
-"""Task data: reading (local folder or hub), tokenisation with an on-disk cache, and batching."""
+"""Data helpers both task kinds share: text-file checks, the resumable shuffle and the data fingerprint of a run."""

@@ -1,8 +1,9 @@
 """The method hook protocol.
 
-`FineTuneModule` calls these hooks at fixed points of the Lightning loop; every hook defaults to doing nothing, so a
-method overrides only what it needs. State a method keeps (masks, ADMM Z and U, caches) lives on the method instance
-or as buffers on the model, never in class attributes or module globals: two runs in one process must not meet.
+`ftlab.tasks.module.TaskModule` calls these hooks at fixed points of the Lightning loop; every hook defaults to doing
+nothing, so a method overrides only what it needs. State a method keeps (masks, ADMM Z and U, caches) lives on the
+method instance or as buffers on the model, never in class attributes or module globals: two runs in one process must
+not meet.
 
 Order within one optimizer step: training_forward -> training_loss (every micro-batch) -> on_before_optimizer_step (once, unscaled
 gradients, before clipping) -> optimizer.step -> on_after_optimizer_step (once; Lightning increments
@@ -16,10 +17,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ..saved_tensors import SavedTensors
+from ..telemetry.saved_tensors import SavedTensors
 
 if TYPE_CHECKING:
-    from ..module import FineTuneModule
+    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
 
 
 class Method:

@@ -6,7 +6,7 @@
 * `PeakMemory`: the run's peak memory: CUDA's allocator peak (cost.cuda_max_allocated_mb) or, on CPU, Linux's peak
   resident set (cost.cpu_peak_rss_mb, cpu_peak_rss_scope: "run" when it could be reset for this run, else "process").
 * `SavedActivations`: what the first training step's forward and loss saved for backward (cost.saved_tensors, the
-  step's activation peak, measured the same way for every method: ftlab.saved_tensors), whole and per module the
+  step's activation peak, measured the same way for every method: ftlab.telemetry.saved_tensors), whole and per module the
   method watches (Method.watched_modules), handed to the method too (Method.on_saved_tensors).
 * `Environment`: library versions, commit, device and threads, and what the fit used: the attention implementation and
   whether AdamW ran fused (environment).
@@ -30,7 +30,7 @@ import transformers
 from torch import nn
 
 from ..config import PROJECT_ROOT
-from ..saved_tensors import SavedTensorMeter, SavedTensors
+from .saved_tensors import SavedTensorMeter, SavedTensors
 
 
 class Throughput(pl.Callback):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..data.d2t_readers import check_d2t_split
-from ..data.glue import check_local_split
+from ..tasks.classification.glue import check_local_split
+from ..tasks.generation.readers import check_d2t_split
 
 
 def splits_read(cfg: DictConfig) -> list[str]:

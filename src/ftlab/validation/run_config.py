@@ -7,13 +7,15 @@ backbone.* is checked where it is used (ftlab.backbones), since its keys differ 
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from omegaconf import DictConfig
 
-from ..data.d2t_readers import READERS
+from ..config import import_class
 from ..errors import ConfigError
+from ..methods.base import Method
+from ..tasks.generation.readers import READERS
+from ..tasks.module import task_classes
 from .lookup import ABSENT, origin, resolved
 from .ranges import METHOD_RANGES, TRAINER_RANGES
 from .signature import check_against
@@ -60,7 +62,7 @@ LABELLED_KEYS: dict[str, Spec] = {  # classification and regression
     "task.text_fields": Spec(list, items=Spec(str)),
 }
 
-GENERATION_KEYS: dict[str, Spec] = {  # task/{e2e,webnlg,dart}.yaml; read by ftlab.nlg.decode.generation_kwargs
+GENERATION_KEYS: dict[str, Spec] = {  # task/{e2e,webnlg,dart}.yaml; read by ftlab.tasks.generation.decode.generation_kwargs
     "task.format": Spec(str, choices=tuple(READERS)),
     "task.label_smoothing": Spec(float, UNIT, nullable=True, required=False),
     "task.decoding.num_beams": Spec(int, ge(1), why="1 decodes greedily"),
@@ -105,7 +107,8 @@ def _check_length(cfg: DictConfig) -> None:
 
 
 def _check_task(cfg: DictConfig) -> None:
-    """The task's splits, selection and labels agree with each other."""
+    """The task names its datamodule and LightningModule, and its splits, selection and labels agree."""
+    task_classes(cfg.task)
     task = resolved(cfg, "task")
     splits = list(task.get("splits") or {})
     if "train" not in splits:
@@ -157,20 +160,11 @@ def _check_trainer(cfg: DictConfig) -> None:
 
 def method_class(cfg: DictConfig) -> type:
     """The class method._target_ names, imported (importing runs no model code)."""
-    from ..methods.base import Method
-
     target = resolved(cfg, "method._target_")
     if not isinstance(target, str) or "." not in target:
         raise fail("method._target_", "a class path such as ftlab.methods.finetune.FineTune",
                    None if target is ABSENT else target)
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"method._target_={target!r} cannot be imported: {err}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ConfigError(f"method._target_={target!r} is not a subclass of ftlab.methods.Method")
-    return cls
+    return import_class(target, "method._target_", Method)
 
 
 def _check_method(cfg: DictConfig) -> None:

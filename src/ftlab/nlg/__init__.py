@@ -1,1 +1,0 @@
-"""Data-to-text generation: decoding on unique inputs, faithful NLG metrics, and the generation LightningModule."""

@@ -1,0 +1,1 @@
+"""Plots drawn from run records and benchmark output."""

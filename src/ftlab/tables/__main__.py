@@ -1,0 +1,3 @@
+from ftlab.report.build import main
+
+main()

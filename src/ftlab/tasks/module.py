@@ -1,0 +1,165 @@
+"""The LightningModule both task kinds share: forward, training step, resume state and optimiser, with every
+method-specific step going through the method's hooks. A task kind subclasses it with its model head (`load_model`),
+its construction from a run's config (`for_run`) and its evaluation (validation_step and on_validation_epoch_end):
+tasks.classification.module.ClassificationModule, tasks.generation.module.GenerationModule. The task config names
+the subclass by `task.module._target_`, and its datamodule (a tasks.datamodule.TaskDataModule) by
+`task.datamodule._target_`."""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from ..config import import_class
+from ..errors import NonFiniteLossError
+from ..methods.base import Method
+from .datamodule import TaskDataModule
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
+
+
+def task_classes(task: DictConfig) -> tuple[type[TaskDataModule], type[TaskModule]]:
+    """The datamodule and LightningModule classes a task config names by `task.datamodule._target_` and
+    `task.module._target_`, imported (a ConfigError names the key when one is missing or wrong)."""
+    return (import_class((task.get("datamodule") or {}).get("_target_"), "task.datamodule._target_", TaskDataModule),
+            import_class((task.get("module") or {}).get("_target_"), "task.module._target_", TaskModule))
+
+
+class TaskModule(pl.LightningModule):
+    def __init__(self, model: nn.Module, method: Method, task: DictConfig, optim: DictConfig):
+        super().__init__()
+        self.model, self.method, self.task, self.optim = model, method, task, optim
+        self.eval_splits = list(task.eval_splits)
+        self.history: list[dict[str, Any]] = []
+        self._eval_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    # -- what a task kind provides ------------------------------------------------------------------------------
+    @classmethod
+    def load_model(cls, backbone: DictConfig, task: DictConfig, attn_implementation: str | None = None,
+                   **config_overrides: Any) -> nn.Module:
+        """The pre-trained backbone with this task kind's head; `config_overrides` set model config values."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_run(
+        cls, cfg: DictConfig, model: nn.Module, method: Method, data: TaskDataModule, run_dir: Path
+    ) -> TaskModule:
+        """The module of a run: the composed config, its model (method set up), datamodule and output folder."""
+        return cls(model, method, cfg.task, cfg.optim)
+
+    @property
+    def evaluates_at_fit_end(self) -> bool:
+        """True when the module evaluates once more after training (a run may then end without a validation)."""
+        return False
+
+    def record_extras(self) -> dict[str, Any]:
+        """What this task kind adds to the run record (nothing by default)."""
+        return {}
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch minus what the model must not see (the example index)."""
+        return {k: v for k, v in batch.items() if k != "idx"}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(**self.model_inputs(batch))
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.method.on_fit_start(self)
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.method.on_train_batch_start(self, batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        outputs = self.method.training_forward(self, batch)
+        loss = self.method.training_loss(self, batch, outputs, outputs.loss)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"lower the learning rate (optim.lr={self.optim.lr}), enable gradient clipping, or check the data"
+            )
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.method.on_before_optimizer_step(self, optimizer)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.method.on_after_optimizer_step(self)
+
+    def on_train_epoch_end(self) -> None:
+        self.method.on_train_epoch_end(self, self.current_epoch)
+
+    def on_fit_end(self) -> None:
+        self.method.on_fit_end(self)
+
+    # -- resume ---------------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """What Lightning's checkpoint lacks for an exact resume: the validated epochs, the method's own state and the
+        random streams (dropout, sampling) as they stand at the end of the epoch."""
+        checkpoint["ftlab"] = {
+            "history": self.history, "method": self.method.resume_state(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ftlab") or {}
+        self.history = list(state.get("history") or [])
+        self.method.load_resume_state(state.get("method") or {})
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    # -- evaluation hooks (the evaluation itself is the task kind's) --------------------------------------------
+    def on_validation_start(self) -> None:
+        self.method.on_validation_start(self)
+
+    def on_validation_end(self) -> None:
+        self.method.on_validation_end(self)
+
+    # -- optimiser ----------------------------------------------------------------------------------------------
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning refuses to clip for any fused optimizer, since under fp16 loss scaling it would unscale inside its
+        step; ftlab fuses AdamW only without loss scaling (configure_optimizers), so these are the true gradients."""
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        named = list(self.method.parameters_to_train(self.model))
+        decay = [p for n, p in named if not any(k in n for k in NO_DECAY)]
+        no_decay = [p for n, p in named if any(k in n for k in NO_DECAY)]
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # Fused AdamW (what the HF Trainer uses by default): one kernel over all parameters, ~5x faster than the
+        # per-tensor loop on CPU (14 vs 74 ms per MiniLM step: benchmarks/optimizer_step.py). Not under fp16 loss
+        # scaling: there a fused optimizer unscales inside its step, so the methods' gradient hooks would see scaled
+        # gradients.
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+            fused=str(self.trainer.precision) not in ("16-mixed", "16", "16-true"),
+        )
+        # steps left (all of them at fit start; fewer when a method re-creates the optimizer mid-fit), or the phase's
+        total = self.method.schedule_steps(self, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
+        warmup = self.optim.warmup_steps if self.optim.warmup_steps else math.ceil(self.optim.warmup_ratio * total)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
