@@ -13,6 +13,7 @@ from conftest import compose_config, tiny_overrides
 from ftlab.backbones import load_model, load_tokenizer
 from ftlab.data.module import TaskDataModule
 from ftlab.methods import Method
+from ftlab.methods.context import MethodContext
 from ftlab.module import FineTuneModule
 
 
@@ -45,9 +46,9 @@ def one_step_gradients(
     captured: dict[str, torch.Tensor] = {}
     original = method.on_before_optimizer_step
 
-    def capture(module: FineTuneModule, optimizer: torch.optim.Optimizer) -> None:
-        original(module, optimizer)
-        captured.update({n: p.grad.detach().clone() for n, p in module.model.named_parameters() if p.grad is not None})
+    def capture(ctx: MethodContext, optimizer: torch.optim.Optimizer) -> None:
+        original(ctx, optimizer)
+        captured.update({n: p.grad.detach().clone() for n, p in ctx.model.named_parameters() if p.grad is not None})
 
     method.on_before_optimizer_step = capture  # instance attribute: this method object only
     trainer = pl.Trainer(

@@ -373,7 +373,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         )
     result = {
         "metrics": _metrics(cfg, module.history),
-        "method_report": method.report(module),
+        "method_report": method.report(module.method_context()),
         "parameters": parameter_counts(model),
         "cost": {
             # under DDP every rank trains on an equal shard: samples of all ranks, in this rank's training time

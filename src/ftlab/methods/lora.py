@@ -40,6 +40,7 @@ from torch import nn
 from ..backbones import ROLES, block_linears, block_stacks
 from ..errors import ConfigError
 from .base import Method
+from .context import MethodContext
 
 INITS = ("kaiming", "gaussian")
 
@@ -414,15 +415,15 @@ class LoRA(Method):
         add_lora(model, backbone, self.roles, self.r, self.alpha, self.dropout, 0, self.init)
         freeze_for_adapters(model, backbone)
 
-    def on_fit_end(self, module: Any) -> None:
+    def on_fit_end(self, ctx: MethodContext) -> None:
         if self.merge_at_end:
-            merge_lora(module.model)
+            merge_lora(ctx.model)
 
-    def report(self, module: Any) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         from ..efficiency import efficiency_report
 
         return {"roles": self.roles, "r": self.r, "alpha": self.alpha, "merged": self.merge_at_end,
-                **efficiency_report(module.model, self.backbone, self.dense)}
+                **efficiency_report(ctx.model, self.backbone, self.dense)}
 
 
 __all__ = [

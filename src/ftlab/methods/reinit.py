@@ -15,7 +15,7 @@ stack (`layers_path`) only.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -23,9 +23,7 @@ from torch import nn
 
 from ..errors import BackboneError, ConfigError, require
 from .base import Method
-
-if TYPE_CHECKING:
-    from ..module import FineTuneModule
+from .context import MethodContext
 
 log = logging.getLogger("ftlab")
 
@@ -93,7 +91,7 @@ class Reinit(Method):
             self.parameters_touched += reinit_module(target, std, generator)
             self.reinitialised.append(name)
 
-    def report(self, module: FineTuneModule) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         return {"layers": self.layers, "reinit_pooler": self.reinit_pooler, "seed": self.seed,
                 "reinitialised": self.reinitialised, "parameters_reinitialised": self.parameters_touched}
 
