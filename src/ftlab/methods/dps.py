@@ -116,6 +116,7 @@ class DPS(Method):
     """DPS Dense (`variant: dense`) or DPS Mix (`variant: mix`); see the module docstring for the exact rules."""
 
     name = "dps"
+    tiny_runs = (("method.ur=0.5",),)  # a few steps: phases of one step (accumulate, then exploit)
     resume_attributes = None  # per-step selection statistics live on the instance
 
     def __init__(

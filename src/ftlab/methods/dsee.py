@@ -83,6 +83,9 @@ def no_recovery_error(phase1_epochs: Any, epochs: Any) -> ConfigError:
 class DSEE(Method):
     name = "dsee"
     resume_attributes = None  # phases rebuild the optimizer mid-fit; a phase-2 resume would need it rebuilt too
+    # both phases in two tiny epochs: unstructured (the default) and structured pruning
+    tiny_runs = (("train.epochs=2", "method.phase1_epochs=1", "method.r=4"),
+                 ("train.epochs=2", "method.phase1_epochs=1", "method.r=4", "method.prune=structured", "method.heads=1"))
 
     def __init__(
         self,

@@ -385,6 +385,9 @@ class LoRA(Method):
     """
 
     name = "lora"
+    # a classifier (tiny BERT), and GPT-2's fused c_attn on E2E generation as in the paper's recipe
+    tiny_runs = ((), ("backbone=tiny-gpt2", "task=e2e", "data.max_eval_samples=4", "task.decoding.max_new_tokens=4",
+                      "task.decoding.num_beams=1", "task.decoding.batch_size=4", "task.metrics=[bleu]"))
 
     def __init__(
         self,

@@ -71,6 +71,7 @@ class R3F(Method):
     """R3F (and R4F with `spectral_norm_head=True`)."""
 
     name = "r3f"
+    tiny_runs = ((), ("task=stsb", "method.regression_term=paper"))  # classification, and the regression term
 
     def __init__(
         self,

@@ -200,6 +200,7 @@ class WTACRS(_WTACRSMethod):
     """Full fine-tuning with WTA-CRS weight gradients in the block linears of `roles` (default attn_out, ffn1, ffn2)."""
 
     name = "wtacrs"
+    tiny_runs = ((), ("backbone=tiny-t5",))  # an encoder, and T5's encoder-decoder (the paper's backbone)
 
     def __init__(
         self,
