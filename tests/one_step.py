@@ -68,3 +68,13 @@ def assert_same_gradients(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
     for name in a:
         error, scale = (a[name] - b[name]).norm().item(), b[name].norm().item()
         assert error <= rtol * scale + atol, f"{name}: |a - b| = {error:.3g} vs |b| = {scale:.3g}"
+
+
+def tiny_module(tmp: Path, method: Method, *overrides: str) -> tuple[FineTuneModule, TaskDataModule]:
+    """`method` set up on a seeded tiny BERT (no dropout) inside the training module, and the data module of the
+    config's rows; fit them with any pl.Trainer."""
+    cfg, model = tiny_parts(tmp, *overrides)
+    method.setup(model, cfg.backbone)
+    data = TaskDataModule(cfg.task, cfg.data, load_tokenizer(cfg.backbone), Path(cfg.paths.data_dir),
+                          Path(cfg.paths.cache_dir) / "tokenized", cfg.train.batch_size, cfg.seed)
+    return FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone), data

@@ -34,15 +34,12 @@ import pytorch_lightning as pl
 import torch
 from conftest import compose_config, tiny_overrides
 from hydra import compose, initialize_config_dir
-from one_step import tiny_parts
+from one_step import tiny_module
 
 from ftlab import train
-from ftlab.backbones import load_tokenizer
 from ftlab.config import CONF_DIR, PROJECT_ROOT
-from ftlab.data.module import TaskDataModule
 from ftlab.methods import Method
 from ftlab.methods.context import MethodContext
-from ftlab.module import FineTuneModule, train_index_count
 from ftlab.validation.run_config import method_class
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -208,13 +205,9 @@ class Optimizers(pl.Callback):
 
 
 def test_the_training_module_implements_the_context_operations(tmp_path: Path) -> None:
-    cfg, model = tiny_parts(tmp_path, "task=rte", "data.max_train_samples=32", "data.max_eval_samples=16",
-                            "data.group_by_length=false", "train.batch_size=16")
     method = Phased()
-    method.setup(model, cfg.backbone)
-    data = TaskDataModule(cfg.task, cfg.data, load_tokenizer(cfg.backbone), Path(cfg.paths.data_dir),
-                          Path(cfg.paths.cache_dir) / "tokenized", 16, cfg.seed)
-    module = FineTuneModule(model, method, cfg.task, cfg.optim, cfg.backbone)
+    module, data = tiny_module(tmp_path, method, "task=rte", "data.max_train_samples=32", "data.max_eval_samples=16",
+                               "train.batch_size=16")
     optimizers = Optimizers()
     trainer = pl.Trainer(accelerator="cpu", precision="32-true", max_epochs=2, num_sanity_val_steps=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -228,22 +221,14 @@ def test_the_training_module_implements_the_context_operations(tmp_path: Path) -
     # reset_history moved epoch 0's evaluation out of the run: the run's history holds epoch 1 only
     assert [h["epoch"] for h in method.phase1] == [0] and [h["epoch"] for h in module.history] == [1]
     assert trainer.callback_metrics["train/phased_step"] == 3.0  # logged at the last step (global step 3)
-    assert method.fit_start == {
-        "batches": 2, "examples": train_index_count(data), "loss": pytest.approx(method.fit_start["loss"]),
+    # the 32 rows are a subset of RTE's training split that keeps their indices in the full split
+    largest = max(data.load_split("train")["idx"])
+    assert largest >= 32 and method.fit_start == {
+        "batches": 2, "examples": largest + 1, "loss": pytest.approx(method.fit_start["loss"]),
         "max_epochs": 2, "kind": "classification", "selection": ("dev", "accuracy"), "world_size": 1,
         "rank_zero": True, "run_dir": tmp_path / "run", "same": True,
     }
-    assert math.isfinite(method.fit_start["loss"]) and 32 <= method.fit_start["examples"]
-
-
-def test_train_examples_span_the_largest_index_of_a_subset() -> None:
-    from types import SimpleNamespace
-
-    from datasets import Dataset
-
-    subset = Dataset.from_dict({"idx": [3, 41, 9]})  # a subset keeps the rows' indices in the full split
-    assert train_index_count(SimpleNamespace(load_split=lambda split: subset)) == 42
-    assert train_index_count(None) is None
+    assert math.isfinite(method.fit_start["loss"])
 
 
 def test_no_method_imports_the_training_module() -> None:

@@ -47,8 +47,6 @@ from typing import Any, Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
-from ..saved_tensors import SavedTensors
-
 Batch = dict[str, torch.Tensor]
 
 
@@ -90,7 +88,7 @@ class MethodContext:
     world_size: int = 1
     is_global_zero: bool = True
     history: list[dict[str, Any]] = field(default_factory=list)
-    saved_tensors: SavedTensors | None = None
+    saved_tensors: Any = None  # ftlab.saved_tensors.SavedTensors
     saved_tensors_batch: dict[str, int] = field(default_factory=dict)
     # operations (the training module supplies the ones that need a Trainer)
     forward: Callable[[Batch], Any] | None = None
