@@ -110,8 +110,9 @@ def isolated_work(method: Any, module: ClassificationModule, step: int) -> dict[
     if hasattr(method, "penalty"):
         def penalty_step() -> None:
             method.penalty().backward()
-        return {"per_step": best_of(penalty_step), "per_epoch": best_of(lambda: method.admm_iteration(module, step), 3)
-                + best_of(lambda: (method.on_validation_start(module), method.on_validation_end(module)), 3)}
+        ctx = module.method_context()
+        return {"per_step": best_of(penalty_step), "per_epoch": best_of(lambda: method.admm_iteration(ctx, step), 3)
+                + best_of(lambda: (method.on_validation_start(ctx), method.on_validation_end(ctx)), 3)}
     if hasattr(method, "masked"):
         return {"per_step": best_of(lambda: (mask_gradients_(method.masked()), mask_weights_(method.masked()))),
                 "per_epoch": 0.0}

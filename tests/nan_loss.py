@@ -7,5 +7,5 @@ from ftlab.methods import Method
 class NanLoss(Method):
     name = "nan_loss"
 
-    def training_loss(self, module, batch, outputs, loss):
-        return loss * torch.nan if module.global_step >= 1 else loss
+    def training_loss(self, ctx, batch, outputs, loss):
+        return loss * torch.nan if ctx.global_step >= 1 else loss

@@ -12,6 +12,8 @@ from conftest import compose_config, tiny_overrides
 
 from ftlab.backbones import load_tokenizer
 from ftlab.methods import Method
+from ftlab.methods.context import MethodContext
+from ftlab.tasks.datamodule import TaskDataModule
 from ftlab.tasks.module import TaskModule, task_classes
 
 
@@ -41,9 +43,9 @@ def one_step_gradients(
     captured: dict[str, torch.Tensor] = {}
     original = method.on_before_optimizer_step
 
-    def capture(module: TaskModule, optimizer: torch.optim.Optimizer) -> None:
-        original(module, optimizer)
-        captured.update({n: p.grad.detach().clone() for n, p in module.model.named_parameters() if p.grad is not None})
+    def capture(ctx: MethodContext, optimizer: torch.optim.Optimizer) -> None:
+        original(ctx, optimizer)
+        captured.update({n: p.grad.detach().clone() for n, p in ctx.model.named_parameters() if p.grad is not None})
 
     method.on_before_optimizer_step = capture  # instance attribute: this method object only
     trainer = pl.Trainer(
@@ -63,3 +65,13 @@ def assert_same_gradients(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
     for name in a:
         error, scale = (a[name] - b[name]).norm().item(), b[name].norm().item()
         assert error <= rtol * scale + atol, f"{name}: |a - b| = {error:.3g} vs |b| = {scale:.3g}"
+
+
+def tiny_module(tmp: Path, method: Method, *overrides: str) -> tuple[TaskModule, TaskDataModule]:
+    """`method` set up on a seeded tiny BERT (no dropout) inside the training module, and the data module of the
+    config's rows; fit them with any pl.Trainer."""
+    cfg, model = tiny_parts(tmp, *overrides)
+    method.setup(model, cfg.backbone)
+    data_class, module_class = task_classes(cfg.task)
+    data = data_class.for_run(cfg, load_tokenizer(cfg.backbone))
+    return module_class.for_run(cfg, model, method, data, tmp / "run"), data

@@ -8,5 +8,5 @@ from ftlab.methods import Method
 class Slow(Method):
     name = "slow"
 
-    def on_after_optimizer_step(self, module) -> None:
+    def on_after_optimizer_step(self, ctx) -> None:
         time.sleep(0.15)

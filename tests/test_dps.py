@@ -1,8 +1,8 @@
 """DPS Dense and Mix: the phase schedule in optimizer steps, exact per-matrix selection, masked gradients, GAM/FAM,
-gradient-accumulation invariance, dropout rule, bad settings, and tiny end-to-end runs."""
+gradient-accumulation invariance (by hand and through the real loop), dropout rule, bad settings
+(tests/test_method_contract.py runs both variants end to end)."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -12,6 +12,7 @@ from torch import nn
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
+from ftlab.methods.context import MethodContext
 from ftlab.methods.stability.dps import DPS, kept_count, phase_at
 
 BATCH, LENGTH = 16, 12
@@ -36,17 +37,12 @@ def split(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Te
     return [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
 
 
-def fake_module(model: nn.Module, total_steps: int) -> SimpleNamespace:
-    """What the hooks read from the Lightning module: the model and the trainer's step counters."""
-    return SimpleNamespace(model=model, trainer=SimpleNamespace(global_step=0, estimated_stepping_batches=total_steps))
-
-
 def train(method: DPS, model: nn.Module, data: list[dict[str, torch.Tensor]], micro_batches: int = 1,
           optimizer: Callable[..., torch.optim.Optimizer] = lambda ps: torch.optim.SGD(ps, lr=0.5),
-          inspect: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> SimpleNamespace:
+          inspect: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> MethodContext:
     """The Lightning order by hand: micro-batch backward(s) -> on_before_optimizer_step -> step -> on_after."""
-    module = fake_module(model, len(data))
-    method.on_fit_start(module)
+    ctx = MethodContext(model, total_steps=len(data))
+    method.on_fit_start(ctx)
     opt = optimizer(model.parameters())
     model.train()
     for batch in data:
@@ -54,13 +50,13 @@ def train(method: DPS, model: nn.Module, data: list[dict[str, torch.Tensor]], mi
         for part in split(batch, micro_batches):
             (model(**part).loss / micro_batches).backward()
         raw = {n: layer.weight.grad.clone() for n, layer in method.targets.items()}
-        method.on_before_optimizer_step(module, opt)
+        method.on_before_optimizer_step(ctx, opt)
         if inspect is not None:
-            inspect(module.trainer.global_step + 1, raw)
+            inspect(ctx.global_step + 1, raw)
         opt.step()
-        method.on_after_optimizer_step(module)
-        module.trainer.global_step += 1
-    return module
+        method.on_after_optimizer_step(ctx)
+        ctx.global_step += 1
+    return ctx
 
 
 def test_phase_schedule_alternates_in_optimizer_steps():
@@ -188,7 +184,7 @@ def test_official_dropout_rule():
         model, backbone = tiny_bert()
         method = DPS(variant=variant)
         method.setup(model, backbone)
-        method.on_fit_start(fake_module(model, steps))
+        method.on_fit_start(MethodContext(model, total_steps=steps))
         rates = {m.p for m in model.modules() if isinstance(m, nn.Dropout)}
         assert rates == {expected}, (variant, steps)
 
@@ -207,7 +203,7 @@ def test_phase_shorter_than_one_step_is_a_config_error():
     method = DPS(ur=0.05)
     method.setup(model, backbone)
     with pytest.raises(ConfigError, match="method.ur"):
-        method.on_fit_start(fake_module(model, 10))   # int(10 * 0.05) = 0
+        method.on_fit_start(MethodContext(model, total_steps=10))   # int(10 * 0.05) = 0
 
 
 def test_schedule_under_gradient_accumulation_equals_the_plain_schedule(run_tiny):
@@ -217,15 +213,6 @@ def test_schedule_under_gradient_accumulation_equals_the_plain_schedule(run_tiny
     assert plain["status"] == accumulated["status"] == "completed"
     assert plain["method_report"]["schedule"] == accumulated["method_report"]["schedule"] == "aeae"   # U = 1
     assert accumulated["cost"]["optimizer_steps"] == 4
-
-
-def test_tiny_mix_run_end_to_end(run_tiny):
-    record = run_tiny("task=mrpc", "method=dps_mix", "method.ur=0.34")
-    report = record["method_report"]
-    assert record["status"] == "completed" and report["variant"] == "mix"
-    assert report["schedule"] == "aea" and report["exploitation_phases"] == 1 and report["dropout"] == "0"
-    assert report["matrices"] == 14 and abs(report["selected_fraction"] - 0.7) < 0.01
-    assert 0 <= record["metrics"]["best"]["metrics"]["dev"]["f1"] <= 100
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "electra", "deberta-v2"])

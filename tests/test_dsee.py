@@ -1,8 +1,8 @@
-"""DSEE: GreBsmo's Omega, the sparse residual, exact global pruning, head removal, merging, FLOPs, tiny runs."""
+"""DSEE: GreBsmo's Omega, the sparse residual, exact global pruning, head removal, merging, FLOPs, the phase switch
+(tests/test_method_contract.py runs its configurations end to end)."""
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +15,7 @@ from ftlab.backbones import load_model
 from ftlab.config import CONF_DIR
 from ftlab.errors import ConfigError
 from ftlab.methods.adapters import LoRALayer, add_lora, lora_layers, merge_lora
+from ftlab.methods.context import MethodContext
 from ftlab.methods.lora.dsee import DSEE
 from ftlab.methods.lora.efficiency import block_linear_macs
 from ftlab.methods.lora.grebsmo import grebsmo, omega_indices
@@ -202,49 +203,14 @@ def test_bad_inputs_name_the_problem(tiny_bert, backbone):
             DSEE(**kwargs).setup(copy.deepcopy(tiny_bert), backbone)
 
 
-def test_phase_schedules_and_too_few_epochs_for_recovery():
-    trainer = SimpleNamespace(max_epochs=5, num_training_batches=7, accumulate_grad_batches=2)
+def test_phase_schedules_and_too_few_epochs_for_recovery(tiny_bert):
+    ctx = MethodContext(tiny_bert, max_epochs=5, steps_per_epoch=4)  # e.g. 7 batches, 2 accumulated per step
     method = DSEE(phase1_epochs=2)
-    assert method.schedule_steps(SimpleNamespace(trainer=trainer), 20) == 8  # 2 epochs x ceil(7 / 2) steps
+    assert method.schedule_steps(ctx, 20) == 8  # 2 epochs x 4 steps
     method.phase = 2
-    assert method.schedule_steps(SimpleNamespace(trainer=trainer), 12) == 12  # recovery: every step left
+    assert method.schedule_steps(ctx, 12) == 12  # recovery: every step left
     with pytest.raises(ConfigError, match="train.epochs=2 leaves none for recovery"):
-        DSEE(phase1_epochs=2).schedule_steps(SimpleNamespace(trainer=SimpleNamespace(max_epochs=2)), 10)
-
-
-# -- end to end -------------------------------------------------------------------------------------------------------
-def test_tiny_run_unstructured(run_tiny):
-    record = run_tiny("task=rte", "method=dsee", "method.r=4", "train.epochs=2", "method.phase1_epochs=1",
-                      "method.density=0.7")
-    report = record["method_report"]
-    assert record["status"] == "completed" and report["phase"] == 2
-    assert report["schedule_steps"] == [3, 3]  # 48 rows / batch 16: phase 1 and recovery schedules, 3 steps each
-    assert report["prunable_density"] == pytest.approx(0.7, abs=1e-3)
-    assert report["block_nonzero_percent"] == pytest.approx(70, abs=1.5)  # the pooler, pruned with them, is left out
-    assert [h["epoch"] for h in record["metrics"]["history"]] == [1]  # selection sees the pruned model only
-    assert report["phase1"]["best"]["epoch"] == 0 and report["switch_step"] == 3
-    assert report["trainable_params"] == 2 * 2 * (4 * 64 + 16) + 66
-    assert report["omega_seconds"] > 0 and report["flops_ratio"] > 1.0
-
-
-def test_tiny_run_structured(run_tiny):
-    record = run_tiny("task=rte", "method=dsee", "method.r=4", "train.epochs=2", "method.phase1_epochs=1",
-                      "method.prune=structured", "method.heads=1", "method.omega=magnitude")
-    report = record["method_report"]
-    assert record["status"] == "completed" and report["heads_removed_per_layer"] == [1, 1]
-    assert report["heads_per_layer"] == 4 and all(len(h) == 1 for h in report["removed_heads"].values())
-    # per layer one head of q, k, v (8 rows of 32 + 8 biases each) and its 8 columns of attn_out (32 rows) go
-    assert report["dense_params"] - report["model_params"] == 2 * (3 * (8 * 32 + 8) + 32 * 8)
-    assert report["model_params"] == record["parameters"]["total"] - report["adapter_params"]
-    assert report["flops_ratio"] < 1.0
-
-
-def test_tiny_run_unpruned_dsee_and_merge(run_tiny):
-    record = run_tiny("task=cola", "method=dsee", "method.prune=none", "method.r=4", "method.merge_at_end=true",
-                      "method.omega=random")
-    report = record["method_report"]
-    assert record["status"] == "completed" and report["phase1"] is None and report["merged"]
-    assert report["adapter_params"] == 0 and report["flops_ratio"] == 1.0  # merged: the dense model's cost
+        DSEE(phase1_epochs=2).schedule_steps(MethodContext(tiny_bert, max_epochs=2), 10)
 
 
 # -- experiments ------------------------------------------------------------------------------------------------------
@@ -275,19 +241,18 @@ def test_experiment_variants_compose_into_valid_methods(experiment):
 def test_switch_restores_best_phase1_adapters_and_rebuilds_the_optimizer(tiny_bert, backbone):
     method = DSEE(r=4, num_sparse=4, density=0.5, omega="random")
     method.setup(tiny_bert, backbone)
-    rebuilt = []
-    trainer = SimpleNamespace(sanity_checking=False, global_step=7,
-                              strategy=SimpleNamespace(setup_optimizers=lambda t: rebuilt.append(t)))
-    module = SimpleNamespace(model=tiny_bert, trainer=trainer, history=[],
-                             task=SimpleNamespace(selection=SimpleNamespace(split="dev", metric="accuracy")))
+    restarts = []
+    ctx = MethodContext(tiny_bert, selection=("dev", "accuracy"), global_step=7,
+                        restart_schedule=lambda: restarts.append(ctx.global_step))
+    history = ctx.history  # the training module's own list
     B = tiny_bert.bert.encoder.layer[0].attention.self.query.lora_B
     for score, value in ((60.0, 1.0), (50.0, 2.0)):  # epoch 0 is the best; epoch 1 moves B further
         with torch.no_grad():
             B.fill_(value)
-        module.history.append({"epoch": len(module.history), "step": 0, "metrics": {"dev": {"accuracy": score}}})
-        method.on_validation_end(module)
-    method.on_train_epoch_end(module, 4)  # phase1_epochs = 5: epoch index 4 ends phase 1
-    assert rebuilt == [trainer] and method.phase == 2 and module.history == []
+        ctx.history.append({"epoch": len(ctx.history), "step": 0, "metrics": {"dev": {"accuracy": score}}})
+        method.on_validation_end(ctx)
+    method.on_train_epoch_end(ctx, 4)  # phase1_epochs = 5: epoch index 4 ends phase 1
+    assert restarts == [7] and method.phase == 2 and history == [] and method.facts["switch_step"] == 7
     assert [h["metrics"]["dev"]["accuracy"] for h in method.phase1_history] == [60.0, 50.0]
     assert torch.all(B == 1.0)  # pruning started from the best phase-1 adapters
-    assert method.report(module)["phase1"]["best"]["epoch"] == 0
+    assert method.report(ctx)["phase1"]["best"]["epoch"] == 0

@@ -11,6 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
 from ftlab.methods.adapters import LoRALayer, add_lora, freeze_for_adapters, lora_layers, merge_lora
+from ftlab.methods.context import MethodContext
 from ftlab.methods.lora.lora import LoRA
 from conftest import compose_config
 
@@ -137,11 +138,13 @@ def test_bad_inputs_name_the_problem(tiny_bert):
         LoRA(init="xavier")
 
 
-def test_tiny_run_records_parameter_counts(run_tiny):
-    record = run_tiny("task=rte", "method=lora", "method.r=4")
-    assert record["status"] == "completed"
-    report = record["method_report"]
-    assert report["trainable_params"] == record["parameters"]["trainable"] == 2 * 2 * 4 * 64 + 66
+def test_report_counts_parameters(tiny_bert):
+    model, backbone = tiny_bert
+    method = LoRA(r=4)
+    method.setup(model, backbone)
+    report = method.report(MethodContext(model))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert report["trainable_params"] == trainable == 2 * 2 * 4 * 64 + 66
     assert report["adapter_params"] == 1024 and report["flops_ratio"] > 1.0
     # the encoder figure leaves the trained classifier head out: only the adapters are trainable there
     assert report["encoder_trainable_params"] == 1024

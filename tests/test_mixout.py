@@ -116,11 +116,3 @@ def test_roles_select_a_subset():
 def test_bad_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         Mixout(**kwargs)
-
-
-def test_tiny_run_end_to_end(run_tiny):
-    record = run_tiny("task=rte", "method=mixout", "method.p=0.3")
-    assert record["status"] == "completed"
-    assert record["method_report"]["layers_wrapped"] == 14
-    assert record["method_report"]["dropouts_zeroed"] > 0
-    assert 0 <= record["metrics"]["best"]["metrics"]["dev"]["accuracy"] <= 100

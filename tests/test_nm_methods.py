@@ -1,9 +1,9 @@
-"""ASP, NxM-ADMM and ADMM-unstructured: hook math on a tiny BERT, checkpoints, accumulation, end-to-end tiny runs."""
+"""ASP, NxM-ADMM and ADMM-unstructured: hook math on a tiny BERT, checkpoints, accumulation, the exported sparse model
+and the similarity plot from tiny runs (tests/test_method_contract.py runs every method end to end)."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from ftlab.backbones import load_model
 from ftlab.errors import ConfigError
+from ftlab.methods.context import MethodContext
 from ftlab.methods.sparsity.admm import SUPPORT, U, Z, NxMADMM, UnstructuredADMM
 from ftlab.methods.sparsity.asp import MASK, ASP
 from ftlab.methods.sparsity.masks import project_nm, target_layers
@@ -32,11 +33,6 @@ def tiny(**overrides: Any) -> tuple[torch.nn.Module, Any]:
     return load_model(backbone, num_labels=2, **overrides), backbone
 
 
-def fake_module(model: torch.nn.Module, step: int = 0, epoch: int = 0, max_epochs: int = 3) -> SimpleNamespace:
-    trainer = SimpleNamespace(global_step=step, max_epochs=max_epochs, default_root_dir="unused")
-    return SimpleNamespace(model=model, trainer=trainer, current_epoch=epoch, log=lambda *a, **k: None)
-
-
 def independent_groups(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
     """Non-zeros per group of m along the input dim, computed without ftlab.methods.sparsity.masks."""
     return (weight != 0).reshape(weight.shape[0], weight.shape[1] // m, m).sum(-1)
@@ -47,7 +43,7 @@ def test_penalty_gradient_is_rho_times_w_minus_z_plus_u() -> None:
     model, backbone = tiny()
     method = NxMADMM(rho=0.37)
     method.setup(model, backbone)
-    method.on_fit_start(fake_module(model))
+    method.on_fit_start(MethodContext(model))
     g = torch.Generator().manual_seed(0)
     for layer in method.layers.values():
         getattr(layer, U).copy_(torch.randn(layer.weight.shape, generator=g))
@@ -63,7 +59,7 @@ def test_initial_state_is_projected_w0_and_zero_dual() -> None:
     model, backbone = tiny()
     method = NxMADMM(rho=1e-3)
     method.setup(model, backbone)
-    method.on_fit_start(fake_module(model))
+    method.on_fit_start(MethodContext(model))
     for layer in method.layers.values():
         assert getattr(layer, Z).dtype == torch.float32
         assert torch.equal(getattr(layer, Z), project_nm(layer.weight.detach()))
@@ -74,7 +70,7 @@ def test_admm_iteration_projects_w_plus_u_updates_the_dual_and_measures_similari
     model, backbone = tiny()
     method = NxMADMM(rho=1e-3)
     method.setup(model, backbone)
-    method.on_fit_start(fake_module(model))
+    method.on_fit_start(MethodContext(model))
     g = torch.Generator().manual_seed(1)
     before = {}
     with torch.no_grad():
@@ -82,7 +78,7 @@ def test_admm_iteration_projects_w_plus_u_updates_the_dual_and_measures_similari
             layer.weight.add_(0.05 * torch.randn(layer.weight.shape, generator=g))  # "some training steps"
             getattr(layer, U).copy_(0.01 * torch.randn(layer.weight.shape, generator=g))
             before[name] = (layer.weight.clone(), getattr(layer, U).clone(), getattr(layer, SUPPORT).clone())
-    entry = method.admm_iteration(fake_module(model), step=7)
+    entry = method.admm_iteration(MethodContext(model), step=7)
     same = kept = 0
     for name, layer in method.layers.items():
         w, u_old, previous = before[name]
@@ -99,14 +95,14 @@ def test_validation_sees_projected_weights_and_training_resumes_on_dense_ones() 
     model, backbone = tiny()
     method = NxMADMM(rho=1e-3)
     method.setup(model, backbone)
-    module = fake_module(model)
-    method.on_fit_start(module)
+    ctx = MethodContext(model)
+    method.on_fit_start(ctx)
     dense = {n: l.weight.detach().clone() for n, l in method.layers.items()}
-    method.on_validation_start(module)
+    method.on_validation_start(ctx)
     for name, layer in method.layers.items():
         assert (independent_groups(layer.weight) == 2).all()
         assert torch.equal(layer.weight, project_nm(dense[name]))
-    method.on_validation_end(module)
+    method.on_validation_end(ctx)
     for name, layer in method.layers.items():
         assert torch.equal(layer.weight, dense[name])
 
@@ -115,7 +111,7 @@ def test_unstructured_admm_projects_each_layer_to_half() -> None:
     model, backbone = tiny()
     method = UnstructuredADMM(rho=1e-3)
     method.setup(model, backbone)
-    method.on_fit_start(fake_module(model))
+    method.on_fit_start(MethodContext(model))
     for layer in method.layers.values():
         assert int((getattr(layer, Z) != 0).sum()) == layer.weight.numel() // 2
 
@@ -125,7 +121,7 @@ def test_masks_and_admm_state_survive_a_state_dict_round_trip() -> None:
     model_a, backbone = tiny()
     asp_a = ASP()
     asp_a.setup(model_a, backbone)
-    asp_a.on_fit_start(fake_module(model_a))
+    asp_a.on_fit_start(MethodContext(model_a))
     state = model_a.state_dict()
     assert sum(k.endswith(MASK) for k in state) == 12
 
@@ -136,7 +132,7 @@ def test_masks_and_admm_state_survive_a_state_dict_round_trip() -> None:
     with torch.no_grad():  # if on_fit_start recomputed masks, it would pick them from these new weights
         for layer in asp_b.layers.values():
             layer.weight.normal_()
-    asp_b.on_fit_start(fake_module(model_b))
+    asp_b.on_fit_start(MethodContext(model_b))
     for name, layer in asp_b.layers.items():
         assert torch.equal(getattr(layer, MASK), getattr(asp_a.layers[name], MASK))
         assert not layer.weight[~getattr(layer, MASK)].any()
@@ -144,13 +140,13 @@ def test_masks_and_admm_state_survive_a_state_dict_round_trip() -> None:
     nxm_a = NxMADMM(rho=1e-3)
     model_c, _ = tiny()
     nxm_a.setup(model_c, backbone)
-    nxm_a.on_fit_start(fake_module(model_c))
-    nxm_a.admm_iteration(fake_module(model_c), step=1)
+    nxm_a.on_fit_start(MethodContext(model_c))
+    nxm_a.admm_iteration(MethodContext(model_c), step=1)
     model_d, _ = tiny()
     nxm_b = NxMADMM(rho=1e-3)
     nxm_b.setup(model_d, backbone)
     model_d.load_state_dict(model_c.state_dict())
-    nxm_b.on_fit_start(fake_module(model_d))
+    nxm_b.on_fit_start(MethodContext(model_d))
     for name, layer in nxm_b.layers.items():
         for key in (Z, U, SUPPORT):
             assert torch.equal(getattr(layer, key), getattr(nxm_a.layers[name], key)), key
@@ -161,8 +157,8 @@ def test_two_asp_methods_in_one_process_keep_their_own_masks() -> None:
     first, second = ASP(), ASP(n=1, m=4)
     first.setup(model_a, backbone)
     second.setup(model_b, backbone)
-    first.on_fit_start(fake_module(model_a))
-    second.on_fit_start(fake_module(model_b))
+    first.on_fit_start(MethodContext(model_a))
+    second.on_fit_start(MethodContext(model_b))
     for layer in first.layers.values():
         assert (independent_groups(layer.weight) == 2).all()
     for layer in second.layers.values():
@@ -246,15 +242,6 @@ def assert_exactly_2_of_4(record: dict[str, Any]) -> None:
     assert report["model_nonzero"] == record["parameters"]["nonzero"]
 
 
-def test_two_tiny_asp_runs_in_one_process_end_exactly_2_of_4(run_tiny: Any) -> None:
-    first = run_tiny("task=rte", "method=asp", "method.save_model=true")
-    second = run_tiny("task=rte", "method=asp", "method.save_model=true", "seed=2")
-    assert first["name"] != second["name"]
-    assert_exactly_2_of_4(first)
-    assert_exactly_2_of_4(second)
-    assert first["method_report"]["initial_prune_relative_change_mean"] > 0
-
-
 def test_export_checker_script_passes_an_asp_export_and_fails_a_broken_one(run_tiny: Any, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -262,6 +249,8 @@ def test_export_checker_script_passes_an_asp_export_and_fails_a_broken_one(run_t
     verify = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(verify)
     record = run_tiny("task=rte", "method=asp", "method.save_model=true")
+    assert_exactly_2_of_4(record)
+    assert record["method_report"]["initial_prune_relative_change_mean"] > 0
     assert verify.main([str(tmp_path / "records")]) == 0
     export = Path(record["method_report"]["saved_model"]) / "model.safetensors"
     state = load_file(str(export))
@@ -291,16 +280,6 @@ def test_tiny_nxm_runs_end_exactly_2_of_4_and_feed_the_similarity_plot(run_tiny:
     assert [p.name for p in written] == ["nxm_similarity_rte.png"] and written[0].stat().st_size > 0
 
 
-def test_tiny_admm_unstructured_run_ends_at_half_density_per_layer(run_tiny: Any) -> None:
-    record = run_tiny("task=rte", "method=admm_unstructured", "method.save_model=true")
-    for name, weight in saved_targets(record).items():
-        assert int((weight != 0).sum()) == weight.numel() // 2, name
-    report = record["method_report"]
-    assert report["pattern"].startswith("unstructured 50%") and report["pattern_compliance"] == 1.0
-    assert len(report["admm"]["iterations"]) == 1  # one epoch, one iteration at its end
-    assert report["admm"]["rho"] == 3e-3
-
-
 # -- experiment grids -------------------------------------------------------------------------------------------
 def test_paper_grid_points_resolve_per_method_and_task_and_repeat_points_share_one_run() -> None:
     from ftlab.config import identity_config
@@ -322,10 +301,25 @@ def test_paper_grid_points_resolve_per_method_and_task_and_repeat_points_share_o
     assert compose_config(["method=nxm"]).method.rho == 3e-3  # a plain run: the method's default
 
 
-def test_admm_iterations_spread_a_count_of_iterations_evenly(run_tiny: Any) -> None:
+def test_admm_iterations_spread_a_count_of_iterations_evenly_and_the_end_prunes_each_layer_to_half() -> None:
     """The paper's schedule is ~10 iterations whatever the task size: `admm_iterations` sets the count, not the period."""
-    record = run_tiny("task=rte", "method=admm_unstructured", "train.epochs=3", "data.max_train_samples=96",
-                      "method.admm_iterations=4")  # 6 steps an epoch, 18 in all: every 4 steps
-    admm = record["method_report"]["admm"]
-    assert admm["iteration_every"] == 4 and [i["step"] for i in admm["iterations"]] == [4, 8, 12, 16]
-    assert record["cost"]["optimizer_steps"] == 18
+    model, backbone = tiny()
+    method = UnstructuredADMM(rho=3e-3, admm_iterations=4)
+    method.setup(model, backbone)
+    ctx = MethodContext(model, total_steps=18, max_epochs=3, steps_per_epoch=6)  # 18 steps: every 4 steps
+    method.on_fit_start(ctx)
+    assert method.iteration_every == 4
+    for epoch in range(3):
+        ctx.epoch = epoch
+        for _ in range(6):
+            method.on_after_optimizer_step(ctx)
+            ctx.global_step += 1
+        method.on_train_epoch_end(ctx, epoch)
+    assert [i["step"] for i in method.iterations] == [4, 8, 12, 16]
+    assert [i["epoch"] for i in method.iterations] == [0, 1, 1, 2]
+    method.on_fit_end(ctx)
+    for name, layer in method.layers.items():
+        assert int((layer.weight != 0).sum()) == layer.weight.numel() // 2, name
+    report = method.report(ctx)
+    assert report["pattern"].startswith("unstructured 50%") and report["pattern_compliance"] == 1.0
+    assert report["admm"]["iteration_every"] == 4 and len(report["admm"]["iterations"]) == 4

@@ -1,5 +1,5 @@
 """R3F / R4F and R-Drop: the symmetric KL, where and in which precision the noise goes, the spectral-normalised head,
-invariance to gradient accumulation, end-to-end tiny runs and bad-input errors."""
+invariance to gradient accumulation and bad-input errors (tests/test_method_contract.py runs them end to end)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from one_step import assert_same_gradients, one_step_gradients, tiny_parts
 
 from ftlab.errors import BackboneError, ConfigError
+from ftlab.methods.context import MethodContext, model_inputs
 from ftlab.methods.stability.consistency import symmetric_kl, symmetric_kl_per_example
 from ftlab.methods.stability.r3f import R3F, add_noise
 from ftlab.methods.stability.rdrop import RDrop
-from ftlab.tasks.classification.module import ClassificationModule
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,23 +29,24 @@ def _batch(cfg, rows: int = 6, length: int = 12) -> dict[str, torch.Tensor]:
             "labels": labels, "idx": torch.arange(rows)}
 
 
-def _module(tmp: Path, method, *overrides: str, dropout: float = 0.0) -> tuple[ClassificationModule, dict[str, torch.Tensor]]:
+def _context(tmp: Path, method, *overrides: str, dropout: float = 0.0) -> tuple[MethodContext, dict[str, torch.Tensor]]:
+    """The method set up on a seeded tiny BERT in training mode, the context its hooks see, and a batch."""
     cfg, model = tiny_parts(tmp, *overrides, dropout=dropout)
     method.setup(model, cfg.backbone)
     model.train()
-    return ClassificationModule(model, method, cfg.task, cfg.optim), _batch(cfg)
+    return MethodContext(model, task_kind=cfg.task.kind), _batch(cfg)
 
 
-def assert_paired_pass_is_the_plain_forward_twice(module: ClassificationModule, batch: dict[str, torch.Tensor]) -> None:
+def assert_paired_pass_is_the_plain_forward_twice(method, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> None:
     """With nothing random in the pass (no dropout, no noise), both halves of the paired forward are the plain forward,
     its loss is the Hugging Face head's own loss from the labels, and the consistency term adds exactly nothing."""
-    plain = module(batch)
-    both = module.method.training_forward(module, batch)
+    plain = ctx.forward(batch)
+    both = method.training_forward(ctx, batch)
     torch.testing.assert_close(both.logits, plain.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(both.second_logits, plain.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(both.loss, plain.loss, rtol=1e-5, atol=1e-6)
-    assert module.method.consistency_term(module, both.logits, both.second_logits).item() == pytest.approx(0.0, abs=1e-10)
-    torch.testing.assert_close(module.method.training_loss(module, batch, both, both.loss), both.loss)
+    assert method.consistency_term(ctx, both.logits, both.second_logits).item() == pytest.approx(0.0, abs=1e-10)
+    torch.testing.assert_close(method.training_loss(ctx, batch, both, both.loss), both.loss)
 
 
 # -- the symmetric KL --------------------------------------------------------------------------------------------
@@ -70,43 +71,44 @@ def test_symmetric_kl_is_computed_in_fp32_from_bf16_logits():
 
 
 # -- R3F ---------------------------------------------------------------------------------------------------------
-def _noisy_reference(module, batch, noise) -> torch.Tensor:
+def _noisy_reference(method: R3F, ctx: MethodContext, batch, noise) -> torch.Tensor:
     """Logits of a separate forward whose word embeddings become `E.detach() + noise(E)` (what fairseq's second pass is)."""
-    emb = module.model.get_submodule(module.method.embeddings_path)
+    emb = ctx.model.get_submodule(method.embeddings_path)
     handle = emb.register_forward_hook(lambda m, a, out: out.detach().float() + noise(out))
     try:
-        return module.model(**{k: v for k, v in module.model_inputs(batch).items() if k != "labels"}).logits
+        return ctx.model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits
     finally:
         handle.remove()
 
 
 def test_r3f_zero_noise_adds_exactly_zero(tmp_path):
-    module, batch = _module(tmp_path, R3F(sigma=0.0, lam=5.0))
-    assert_paired_pass_is_the_plain_forward_twice(module, batch)
-    module.method.sigma = 1e-2  # the same pass with noise gives a positive term
-    both = module.method.training_forward(module, batch)
-    assert module.method.consistency_term(module, both.logits, both.second_logits).item() > 0
+    method = R3F(sigma=0.0, lam=5.0)
+    ctx, batch = _context(tmp_path, method)
+    assert_paired_pass_is_the_plain_forward_twice(method, ctx, batch)
+    method.sigma = 1e-2  # the same pass with noise gives a positive term
+    both = method.training_forward(ctx, batch)
+    assert method.consistency_term(ctx, both.logits, both.second_logits).item() > 0
 
 
 def test_r3f_paired_pass_equals_a_clean_and_a_separate_noisy_pass(tmp_path):
     method = R3F(lam=1.0)
     method.sample_noise = _token_noise  # deterministic, so the noisy prediction can be recomputed
-    module, batch = _module(tmp_path, method)
-    both = method.training_forward(module, batch)
-    torch.testing.assert_close(both.logits, module(batch).logits, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(both.second_logits, _noisy_reference(module, batch, _token_noise), rtol=1e-5, atol=1e-6)
+    ctx, batch = _context(tmp_path, method)
+    both = method.training_forward(ctx, batch)
+    torch.testing.assert_close(both.logits, ctx.forward(batch).logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both.second_logits, _noisy_reference(method, ctx, batch, _token_noise), rtol=1e-5, atol=1e-6)
 
 
 def test_r3f_noise_goes_on_the_word_embeddings_only_and_is_detached(tmp_path):
     method = R3F(sigma=1e-3, noise="normal")
-    module, batch = _module(tmp_path, method)
-    embeddings = module.model.bert.embeddings
+    ctx, batch = _context(tmp_path, method)
+    embeddings = ctx.model.bert.embeddings
     seen: list[torch.Tensor] = []
     handle = embeddings.LayerNorm.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     drawn: list[torch.Tensor] = []
     sample = method.sample_noise
     method.sample_noise = lambda e: drawn.append(sample(e)) or drawn[-1]
-    both = method.training_forward(module, batch)
+    both = method.training_forward(ctx, batch)
     handle.remove()
     assert len(drawn) == 1 and drawn[0].shape == (*batch["input_ids"].shape, 32)
     assert 0.5e-3 < drawn[0].std().item() < 2e-3
@@ -114,7 +116,7 @@ def test_r3f_noise_goes_on_the_word_embeddings_only_and_is_detached(tmp_path):
     clean, noisy = seen[0].chunk(2)
     torch.testing.assert_close(noisy - clean, drawn[0], rtol=0, atol=1e-6)
     # the noisy pass sends no gradient into the word-embedding table, but does into the others
-    module.model.zero_grad()
+    ctx.model.zero_grad()
     both.second_logits.float().pow(2).sum().backward()
     assert embeddings.word_embeddings.weight.grad is None or not embeddings.word_embeddings.weight.grad.any()
     assert embeddings.position_embeddings.weight.grad.abs().sum() > 0
@@ -133,13 +135,13 @@ def test_r3f_noise_is_added_in_fp32():
 
 def test_r3f_under_bf16_autocast_keeps_fp32_noisy_embeddings(tmp_path):
     method = R3F(sigma=1e-5)
-    module, batch = _module(tmp_path, method)
+    ctx, batch = _context(tmp_path, method)
     seen: list[torch.Tensor] = []
-    ln = module.model.bert.embeddings.LayerNorm
+    ln = ctx.model.bert.embeddings.LayerNorm
     handle = ln.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        both = method.training_forward(module, batch)
-        term = method.consistency_term(module, both.logits, both.second_logits)
+        both = method.training_forward(ctx, batch)
+        term = method.consistency_term(ctx, both.logits, both.second_logits)
     handle.remove()
     clean, noisy = seen[0].chunk(2)
     assert noisy.dtype == torch.float32 and (noisy != clean).float().mean() > 0.9
@@ -147,23 +149,26 @@ def test_r3f_under_bf16_autocast_keeps_fp32_noisy_embeddings(tmp_path):
 
 
 def test_r3f_refuses_bf16_weights(tmp_path):
-    module, _ = _module(tmp_path, R3F())
-    module.model.to(torch.bfloat16)
+    method = R3F()
+    ctx, _ = _context(tmp_path, method)
+    ctx.model.to(torch.bfloat16)
     with pytest.raises(ConfigError, match="bf16-mixed"):
-        module.method.on_fit_start(module)
+        method.on_fit_start(ctx)
 
 
 def test_r3f_regression_official_adds_nothing_paper_adds_mse(tmp_path):
-    official, batch = _module(tmp_path, R3F(sigma=1e-2), "task=stsb")
-    outputs = official.method.training_forward(official, batch)
+    official = R3F(sigma=1e-2)
+    ctx, batch = _context(tmp_path, official, "task=stsb")
+    assert ctx.task_kind == "regression"
+    outputs = official.training_forward(ctx, batch)
     assert outputs.logits.shape[0] == batch["labels"].shape[0]  # the plain forward: no noisy pass at all
-    assert torch.equal(official.method.training_loss(official, batch, outputs, outputs.loss), outputs.loss)
+    assert torch.equal(official.training_loss(ctx, batch, outputs, outputs.loss), outputs.loss)
     method = R3F(regression_term="paper")
     method.sample_noise = _token_noise
-    paper, batch = _module(tmp_path, method, "task=stsb")
+    paper, batch = _context(tmp_path, method, "task=stsb")
     both = method.training_forward(paper, batch)
     term = method.consistency_term(paper, both.logits, both.second_logits)
-    expected = (paper(batch).logits - _noisy_reference(paper, batch, _token_noise)).pow(2).mean()
+    expected = (paper.forward(batch).logits - _noisy_reference(method, paper, batch, _token_noise)).pow(2).mean()
     assert term.item() > 0
     torch.testing.assert_close(term, expected, rtol=1e-4, atol=1e-9)
 
@@ -183,25 +188,30 @@ def test_r4f_head_is_spectral_normalised(tmp_path):
 # -- R-Drop ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", ["rte", "stsb"])
 def test_rdrop_concatenated_pass_without_dropout_is_the_plain_forward_twice(tmp_path, task):
-    module, batch = _module(tmp_path, RDrop(alpha=5.0, dropout=0.0), f"task={task}", dropout=0.1)
-    assert all(m.p == 0 for m in module.model.modules() if isinstance(m, torch.nn.Dropout))
-    assert_paired_pass_is_the_plain_forward_twice(module, batch)
+    method = RDrop(alpha=5.0, dropout=0.0)
+    ctx, batch = _context(tmp_path, method, f"task={task}", dropout=0.1)
+    assert all(m.p == 0 for m in ctx.model.modules() if isinstance(m, torch.nn.Dropout))
+    assert_paired_pass_is_the_plain_forward_twice(method, ctx, batch)
 
 
 def test_rdrop_with_dropout_draws_two_masks_and_combines_the_two_losses(tmp_path):
-    module, batch = _module(tmp_path, RDrop(alpha=1.0), dropout=0.1)
+    method = RDrop(alpha=1.0)
+    ctx, batch = _context(tmp_path, method, dropout=0.1)
     torch.manual_seed(0)
-    both = module.method.training_forward(module, batch)
+    both = method.training_forward(ctx, batch)
     assert not torch.equal(both.logits, both.second_logits)
-    term = module.method.consistency_term(module, both.logits, both.second_logits)
+    term = method.consistency_term(ctx, both.logits, both.second_logits)
     assert term.item() > 0
-    torch.testing.assert_close(module.method.training_loss(module, batch, both, both.loss), both.loss + term)
+    logged = []
+    ctx.log = lambda name, value, batch_size=None: logged.append((name, float(value), batch_size))
+    torch.testing.assert_close(method.training_loss(ctx, batch, both, both.loss), both.loss + term)
+    assert logged == [("train/rdrop_term", pytest.approx(term.item()), batch["labels"].shape[0])]
     first, second = torch.tensor(0.3), torch.tensor(0.7)
-    assert module.method.combine_losses(first, second).item() == pytest.approx(0.5)
-    module.method.ce = "sum"
-    assert module.method.combine_losses(first, second).item() == pytest.approx(1.0)
-    module.method.ce = "first"
-    assert module.method.combine_losses(first, second).item() == pytest.approx(0.3)
+    assert method.combine_losses(first, second).item() == pytest.approx(0.5)
+    method.ce = "sum"
+    assert method.combine_losses(first, second).item() == pytest.approx(1.0)
+    method.ce = "first"
+    assert method.combine_losses(first, second).item() == pytest.approx(0.3)
 
 
 # -- gradient accumulation ---------------------------------------------------------------------------------------
@@ -228,24 +238,6 @@ def test_accumulating_two_half_batches_gives_the_full_batch_gradient(tmp_path, m
     assert_same_gradients(full, half, rtol=rtol)
     if isinstance(method, R3F):  # the term was active, so the check covers it
         assert method._term.count == 1 and method._term.mean > 0
-
-
-# -- end to end --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides", [
-    ("method=r3f", "method.noise=normal"),
-    ("method=r4f",),
-    ("method=rdrop",),
-    ("method=r3f", "task=stsb", "method.regression_term=paper"),
-], ids=["r3f", "r4f", "rdrop", "r3f-stsb-paper"])
-def test_tiny_runs_complete(run_tiny, overrides):
-    record = run_tiny(*overrides, "threads=1")
-    assert record["status"] == "completed"
-    report = record["method_report"]
-    passes = report.get("noisy_passes", report.get("second_passes"))
-    assert passes == 3 and report["term_mean"] > 0  # 48 rows, batch 16: one extra pass per step
-    if "method=r4f" in overrides:
-        assert record["config"]["method"]["name"] == "r4f"
-        assert report["head_spectral_norm"] == pytest.approx(1.0, abs=1e-2)
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------

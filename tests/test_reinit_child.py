@@ -1,5 +1,6 @@
 """Re-init and CHILD-TUNING_D: which weights are re-initialised (and how reproducibly), the Fisher estimate, the
-exact size of the child network, masked gradients, invariance to gradient accumulation, tiny runs and bad input."""
+exact size of the child network, masked gradients, invariance to gradient accumulation and bad input
+(tests/test_method_contract.py runs both end to end)."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from one_step import assert_same_gradients, one_step_gradients, tiny_parts
 
 from ftlab.errors import ConfigError
+from ftlab.methods.context import MethodContext
 from ftlab.methods.stability.child_tuning import ChildTuningD, top_fraction_masks
 from ftlab.methods.stability.reinit import Reinit
 
@@ -144,19 +146,22 @@ def test_reinit_is_invariant_to_gradient_accumulation(tmp_path):
     assert_same_gradients(full, half)
 
 
-# -- end to end --------------------------------------------------------------------------------------------------
-def test_tiny_reinit_run(run_tiny):
-    record = run_tiny("method=reinit", "method.layers=2", "threads=1")
-    assert record["status"] == "completed"
-    assert record["method_report"]["reinitialised"] == ["bert.pooler.dense", "bert.encoder.layer.0", "bert.encoder.layer.1"]
-
-
-def test_tiny_child_tuning_run_with_a_bounded_fisher_pass(run_tiny):
-    record = run_tiny("method=child_tuning_d", "method.reserve_p=0.1", "method.fisher_batches=2", "threads=1")
-    assert record["status"] == "completed"
-    report = record["method_report"]
-    assert report["fisher_batches_used"] == 2 and report["fisher_batches_available"] == 3  # 48 rows, batch 16
+def test_a_bounded_fisher_pass_reads_only_its_first_step_batches(tmp_path):
+    cfg, model = tiny_parts(tmp_path)
+    method = ChildTuningD(reserve_p=0.1, fisher_batches=2)
+    method.setup(model, cfg.backbone)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(1000, 2000, (4, 8), generator=g), "attention_mask": torch.ones(4, 8, dtype=torch.long),
+                "labels": torch.randint(0, 2, (4,), generator=g), "idx": torch.arange(4 * i, 4 * i + 4)} for i in range(6)]
+    read = []
+    # 6 micro-batches, 2 per optimizer step: 3 step-batches, of which the pass reads the first 2
+    ctx = MethodContext(model, accumulate_grad_batches=2, train_dataloader=lambda: read.append(1) or batches)
+    method.on_fit_start(ctx)
+    report = method.report(ctx)
+    assert read == [1] and report["fisher_batches_used"] == 2 and report["fisher_batches_available"] == 3
     assert report["kept"] == round(0.1 * report["total"])
+    with pytest.raises(ConfigError, match="training batches"):
+        method.on_fit_start(MethodContext(model))  # no training data to read
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------

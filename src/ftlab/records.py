@@ -241,7 +241,7 @@ class RunRecord(dict):
 
 
 def metrics_section(history: Sequence[Mapping[str, Any]], selection: Selection) -> dict[str, Any]:
-    """The record's `metrics` from the validated epochs (ftlab.module's history): the selection rule, every epoch's
+    """The record's `metrics` from the validated epochs (ftlab.tasks.module.TaskModule.history): the selection rule, every epoch's
     metrics, and the best (by `selection`) and last epochs in full."""
     scored = [h for h in history if selection.split in h["metrics"]]
     best = max(scored, key=lambda h: h["metrics"][selection.split][selection.metric]) if scored else None

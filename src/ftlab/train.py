@@ -263,7 +263,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         )
     result = {
         "metrics": metrics_section(module.history, _selection(cfg)),
-        "method_report": method.report(module),
+        "method_report": method.report(module.method_context()),
         "parameters": parameter_counts(model),
         "cost": telemetry.cost(),
         "environment": telemetry.environment_section(),

@@ -6,6 +6,7 @@ the subclass by `task.module._target_`, and its datamodule (a tasks.datamodule.T
 `task.datamodule._target_`."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from pathlib import Path
@@ -19,8 +20,9 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from ..config import import_class
-from ..errors import NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError
 from ..methods.base import Method
+from ..methods.context import MethodContext, model_inputs
 from .datamodule import TaskDataModule
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_", "norm.weight")
@@ -40,6 +42,58 @@ class TaskModule(pl.LightningModule):
         self.eval_splits = list(task.eval_splits)
         self.history: list[dict[str, Any]] = []
         self._eval_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        selection = task.get("selection")
+        self.ctx = MethodContext(
+            model, task_kind=task.kind, selection=(selection.split, selection.metric) if selection else None,
+            forward=self, log=self._log_for_method, autocast=self._autocast, broadcast=self._broadcast,
+            mean_over_processes=self._mean_over_processes, train_dataloader=self._train_dataloader,
+            train_examples=self._train_examples, restart_schedule=self._restart_schedule,
+        )
+
+    # -- what methods see ---------------------------------------------------------------------------------------
+    def method_context(self) -> MethodContext:
+        """The methods' view of the run (methods/context.py), its clock brought up to date: every hook gets this."""
+        ctx, trainer = self.ctx, self._trainer
+        ctx.global_step, ctx.epoch, ctx.device, ctx.history = self.global_step, self.current_epoch, self.device, self.history
+        if trainer is not None:
+            ctx.sanity_checking = trainer.sanity_checking
+            ctx.max_epochs, ctx.accumulate_grad_batches = trainer.max_epochs, int(trainer.accumulate_grad_batches)
+            ctx.world_size, ctx.is_global_zero = trainer.world_size, trainer.is_global_zero
+            ctx.run_dir = Path(trainer.default_root_dir)
+        return ctx
+
+    def _fit_extent(self) -> None:
+        """The fit's length in optimizer steps (Lightning knows it once the training data is set up)."""
+        trainer = self.trainer
+        self.ctx.total_steps = int(trainer.estimated_stepping_batches)
+        batches = trainer.num_training_batches
+        self.ctx.steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else 0
+
+    def _log_for_method(self, name: str, value: torch.Tensor, batch_size: int | None = None) -> None:
+        self.log(name, value, batch_size=batch_size)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.trainer.precision_plugin.train_step_context()
+
+    def _broadcast(self, obj: Any) -> Any:
+        return self.trainer.strategy.broadcast(obj, src=0)
+
+    def _mean_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="mean")
+
+    def _train_dataloader(self) -> Any:
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise ConfigError("this method reads the training data itself (trainer.datamodule.train_dataloader()); "
+                              "fit with a datamodule (ftlab.train.run does)")
+        return datamodule.train_dataloader()
+
+    def _train_examples(self) -> int | None:
+        return train_index_count(self.trainer.datamodule)
+
+    def _restart_schedule(self) -> None:
+        """A fresh optimizer and schedule through Lightning (it calls configure_optimizers again)."""
+        self.trainer.strategy.setup_optimizers(self.trainer)
 
     # -- what a task kind provides ------------------------------------------------------------------------------
     @classmethod
@@ -65,24 +119,21 @@ class TaskModule(pl.LightningModule):
         return {}
 
     # -- forward ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch minus what the model must not see (the example index)."""
-        return {k: v for k, v in batch.items() if k != "idx"}
-
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(**self.model_inputs(batch))
+        return self.model(**model_inputs(batch))
 
     # -- training -----------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self.method.on_fit_start(self)
+        self._fit_extent()
+        self.method.on_fit_start(self.method_context())
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.method.on_train_batch_start(self, batch)
+        self.method.on_train_batch_start(self.method_context(), batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        outputs = self.method.training_forward(self, batch)
-        loss = self.method.training_loss(self, batch, outputs, outputs.loss)
+        ctx = self.method_context()
+        outputs = self.method.training_forward(ctx, batch)
+        loss = self.method.training_loss(ctx, batch, outputs, outputs.loss)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
@@ -92,17 +143,17 @@ class TaskModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.method.on_before_optimizer_step(self, optimizer)
+        self.method.on_before_optimizer_step(self.method_context(), optimizer)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        self.method.on_after_optimizer_step(self)
+        self.method.on_after_optimizer_step(self.method_context())
 
     def on_train_epoch_end(self) -> None:
-        self.method.on_train_epoch_end(self, self.current_epoch)
+        self.method.on_train_epoch_end(self.method_context(), self.current_epoch)
 
     def on_fit_end(self) -> None:
-        self.method.on_fit_end(self)
+        self.method.on_fit_end(self.method_context())
 
     # -- resume ---------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -125,10 +176,10 @@ class TaskModule(pl.LightningModule):
 
     # -- evaluation hooks (the evaluation itself is the task kind's) --------------------------------------------
     def on_validation_start(self) -> None:
-        self.method.on_validation_start(self)
+        self.method.on_validation_start(self.method_context())
 
     def on_validation_end(self) -> None:
-        self.method.on_validation_end(self)
+        self.method.on_validation_end(self.method_context())
 
     # -- optimiser ----------------------------------------------------------------------------------------------
     def configure_gradient_clipping(
@@ -159,7 +210,19 @@ class TaskModule(pl.LightningModule):
             fused=str(self.trainer.precision) not in ("16-mixed", "16", "16-true"),
         )
         # steps left (all of them at fit start; fewer when a method re-creates the optimizer mid-fit), or the phase's
-        total = self.method.schedule_steps(self, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
+        self._fit_extent()
+        total = self.method.schedule_steps(self.method_context(), self.ctx.total_steps - self.trainer.global_step)
         warmup = self.optim.warmup_steps if self.optim.warmup_steps else math.ceil(self.optim.warmup_ratio * total)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def train_index_count(datamodule: Any) -> int | None:
+    """How many example indices the training split spans (its largest `idx` + 1: a subset keeps the rows' indices in
+    the full split), where the data module can say (`load_split`); None otherwise."""
+    load = getattr(datamodule, "load_split", None)
+    if load is None:
+        return None
+    train = load("train")
+    ids = train["idx"] if "idx" in getattr(train, "column_names", ()) else None
+    return max(ids) + 1 if ids else len(train)

@@ -5,7 +5,8 @@ share of rows in both WTA-CRS variants, `dropout` a dropout probability everywhe
 Where two methods use a name differently, the entry is the range valid for both (`alpha`: LoRA's scale and
 R-Drop's KL weight are both >= 0) and the method's own __init__ checks the rest. A range applies only to numbers: a
 name such as `layers` (Re-init: a count; Mixout/DPS: a role list) is range-checked only when its value is a number.
-To constrain a new method's parameter, add its name here.
+A new method needs no entry: a parameter whose name is not here has its type checked (from the constructor's hints)
+and its range checked by the method itself, in its constructor or, before anything loads, in `Method.check_run`.
 """
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ Two phases, inside one Lightning fit and keyed on epochs, with the pruning switc
     head's rows), physically shrinking q, k, v, attn_out, B and S (methods/lora/head_pruning.py).
   Criterion: `delta` |dW| (DSEE), `merged` |W + dW|, `random`.
 * Phase 2, epochs phase1_epochs+1..train.epochs: recovery with W fixed, from the phase-1 adapters, with a fresh AdamW
-  and schedule, re-created through Lightning (`trainer.strategy.setup_optimizers(trainer)`, which calls the module's
-  configure_optimizers again; `schedule_steps` then spans the recovery epochs). Phase-1 evaluations are moved out of
-  the run's history into this method's report (`phase1`), so the run's best-on-dev is a pruned model's.
+  and schedule (`ctx.restart_schedule()`: the training module re-creates both through Lightning, and
+  `schedule_steps` then spans the recovery epochs). Phase-1 evaluations are moved out of the run's history
+  (`ctx.reset_history()`) into this method's report (`phase1`), so the run's best-on-dev is a pruned model's.
 
 `prune=none` is the unpruned "dW_l + dW_s" of the paper's Tables 1-2 (with num_sparse=0 it is LoRA with DSEE's
 Gaussian init of A). `merge_at_end` folds dW into W and re-applies the masks, so pruned weights stay zero (the
@@ -34,7 +34,6 @@ always a recovery epoch. The DSEE experiments turn checkpoints off.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Sequence
 
@@ -46,6 +45,7 @@ from ...backbones import as_out_in, block_layers, block_linears, weight_shape
 from ...errors import ConfigError
 from ..adapters import INITS, LoRALayer, add_lora, freeze_for_adapters, lora_layers, merge_lora
 from ..base import Method
+from ..context import MethodContext
 from .efficiency import dense_reference, efficiency_report
 from .grebsmo import OMEGA_METHODS, omega_indices
 from .head_pruning import head_geometry, head_scores, lowest_heads, remove_heads
@@ -84,6 +84,9 @@ def no_recovery_error(phase1_epochs: Any, epochs: Any) -> ConfigError:
 class DSEE(Method):
     name = "dsee"
     resume_attributes = None  # the switch rebuilds the optimizer mid-fit; a phase-2 resume would need it rebuilt too
+    # both phases in two tiny epochs: unstructured (the default) and structured pruning
+    tiny_runs = (("train.epochs=2", "method.phase1_epochs=1", "method.r=4"),
+                 ("train.epochs=2", "method.phase1_epochs=1", "method.r=4", "method.prune=structured", "method.heads=1"))
 
     def __init__(
         self,
@@ -164,27 +167,23 @@ class DSEE(Method):
         add_lora(model, backbone, self.roles, self.r, self.alpha, self.dropout, self.num_sparse, self.init)
         freeze_for_adapters(model, backbone)
 
-    def schedule_steps(self, module: Any, steps_left: int) -> int:
-        steps = self._phase_steps(module, steps_left)
+    def schedule_steps(self, ctx: MethodContext, steps_left: int) -> int:
+        steps = self._phase_steps(ctx, steps_left)
         self.facts.setdefault("schedule_steps", []).append(steps)  # one entry per optimizer (re)creation
         return steps
 
-    def _phase_steps(self, module: Any, steps_left: int) -> int:
+    def _phase_steps(self, ctx: MethodContext, steps_left: int) -> int:
         if self.prune == "none" or self.phase != 1:
             return steps_left
-        trainer = module.trainer
-        if trainer.max_epochs is None or trainer.max_epochs <= self.phase1_epochs:
-            raise no_recovery_error(self.phase1_epochs, trainer.max_epochs)
-        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        return min(steps_left, per_epoch * self.phase1_epochs)
+        if ctx.max_epochs is None or ctx.max_epochs <= self.phase1_epochs:
+            raise no_recovery_error(self.phase1_epochs, ctx.max_epochs)
+        return min(steps_left, ctx.steps_per_epoch * self.phase1_epochs)
 
     @torch.no_grad()
-    def on_fit_start(self, module: Any) -> None:
-        trainer = module.trainer
-        if self.prune == "structured" and trainer.world_size > 1:
+    def on_fit_start(self, ctx: MethodContext) -> None:
+        if self.prune == "structured" and ctx.world_size > 1:
             raise ConfigError("dsee: structured pruning replaces parameters mid-fit and needs a single process (devices=1)")
-        self.initialise_omega(module.model, broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
-                              is_rank_zero=trainer.global_rank == 0)
+        self.initialise_omega(ctx.model, broadcast=ctx.broadcast, is_rank_zero=ctx.is_global_zero)
 
     @torch.no_grad()
     def initialise_omega(self, model: nn.Module, broadcast: Any = None, is_rank_zero: bool = True) -> None:
@@ -221,30 +220,30 @@ class DSEE(Method):
         ]
 
     # -- phase 1 bookkeeping ---------------------------------------------------------------------------------------
-    def on_validation_end(self, module: Any) -> None:
-        if self.phase != 1 or self.prune == "none" or module.trainer.sanity_checking or not module.history:
+    def on_validation_end(self, ctx: MethodContext) -> None:
+        if self.phase != 1 or self.prune == "none" or ctx.sanity_checking or not ctx.history:
             return
-        split, metric = module.task.selection.split, module.task.selection.metric
-        score = module.history[-1]["metrics"].get(split, {}).get(metric)
+        split, metric = ctx.selection
+        score = ctx.history[-1]["metrics"].get(split, {}).get(metric)
         if score is not None and (self.best_phase1_score is None or score > self.best_phase1_score):
             self.best_phase1_score = score
-            self.best_phase1 = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+            self.best_phase1 = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if p.requires_grad}
 
-    def on_train_epoch_end(self, module: Any, epoch: int) -> None:
+    def on_train_epoch_end(self, ctx: MethodContext, epoch: int) -> None:
         if self.prune != "none" and self.phase == 1 and epoch + 1 == self.phase1_epochs:
-            self.switch_to_recovery(module)
+            self.switch_to_recovery(ctx)
 
     # -- the switch: prune, then a fresh optimizer for phase 2 ---------------------------------------------------------
-    def switch_to_recovery(self, module: Any) -> None:
-        model, trainer = module.model, module.trainer
+    def switch_to_recovery(self, ctx: MethodContext) -> None:
+        model = ctx.model
         if self.prune_from == "best" and self.best_phase1 is not None:
             params = dict(model.named_parameters())
             with torch.no_grad():
                 for name, value in self.best_phase1.items():
                     params[name].copy_(value)
         self.best_phase1 = None
-        self.phase1_history = [{k: h[k] for k in ("epoch", "step", "metrics")} for h in module.history]
-        module.history.clear()  # the run's best-on-dev must be a pruned model's
+        # the run's best-on-dev must be a pruned model's: phase 1's evaluations leave the run's history for the report
+        self.phase1_history = [{k: h[k] for k in ("epoch", "step", "metrics")} for h in ctx.reset_history()]
         generator = torch.Generator().manual_seed(torch.initial_seed() + 1)
         if self.prune == "unstructured":
             self.facts.update(self.prune_unstructured(model, generator))
@@ -252,8 +251,8 @@ class DSEE(Method):
             self.removed_heads = lowest_heads(head_scores(model, self.backbone, self.criterion, generator), self.heads)
             remove_heads(model, self.backbone, self.removed_heads)
         self.phase = 2  # recovery
-        self.facts["switch_step"] = trainer.global_step
-        trainer.strategy.setup_optimizers(trainer)  # fresh AdamW + schedule over the recovery epochs
+        self.facts["switch_step"] = ctx.global_step
+        ctx.restart_schedule()  # fresh AdamW + schedule over the recovery epochs
 
     @torch.no_grad()
     def prune_unstructured(self, model: nn.Module, generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -300,16 +299,16 @@ class DSEE(Method):
         return {"pruned_group_density": kept, "prunable_density": sum(int(m.sum()) for m in masks.values()) / total}
 
     # -- end -------------------------------------------------------------------------------------------------------
-    def on_fit_end(self, module: Any) -> None:
+    def on_fit_end(self, ctx: MethodContext) -> None:
         if self.merge_at_end:
-            merge_lora(module.model)
+            merge_lora(ctx.model)
 
-    def report(self, module: Any) -> dict[str, Any]:
-        heads = head_geometry(module.model)[0] if self.prune == "structured" else None
-        layers = len(block_layers(module.model, self.backbone))
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
+        heads = head_geometry(ctx.model)[0] if self.prune == "structured" else None
+        layers = len(block_layers(ctx.model, self.backbone))
         phase1_best = None
         if self.phase1_history:
-            split, metric = module.task.selection.split, module.task.selection.metric
+            split, metric = ctx.selection
             phase1_best = max(self.phase1_history, key=lambda h: h["metrics"].get(split, {}).get(metric, float("-inf")))
         return {
             "roles": self.roles, "r": self.r, "alpha": self.alpha, "num_sparse": self.num_sparse, "omega": self.omega,
@@ -322,5 +321,5 @@ class DSEE(Method):
             "phase1": {"epochs": self.phase1_epochs, "best": phase1_best, "history": self.phase1_history}
             if self.prune != "none" else None,
             **self.facts,
-            **efficiency_report(module.model, self.backbone, self.dense),
+            **efficiency_report(ctx.model, self.backbone, self.dense),
         }

@@ -10,6 +10,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..adapters import INITS, add_lora, freeze_for_adapters, merge_lora
 from ..base import Method
+from ..context import MethodContext
 from .efficiency import dense_reference, efficiency_report
 
 
@@ -20,6 +21,9 @@ class LoRA(Method):
     """
 
     name = "lora"
+    # a classifier (tiny BERT), and GPT-2's fused c_attn on E2E generation as in the paper's recipe
+    tiny_runs = ((), ("backbone=tiny-gpt2", "task=e2e", "data.max_eval_samples=4", "task.decoding.max_new_tokens=4",
+                      "task.decoding.num_beams=1", "task.decoding.batch_size=4", "task.metrics=[bleu]"))
 
     def __init__(
         self,
@@ -48,10 +52,10 @@ class LoRA(Method):
         add_lora(model, backbone, self.roles, self.r, self.alpha, self.dropout, 0, self.init)
         freeze_for_adapters(model, backbone)
 
-    def on_fit_end(self, module: Any) -> None:
+    def on_fit_end(self, ctx: MethodContext) -> None:
         if self.merge_at_end:
-            merge_lora(module.model)
+            merge_lora(ctx.model)
 
-    def report(self, module: Any) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         return {"roles": self.roles, "r": self.r, "alpha": self.alpha, "merged": self.merge_at_end,
-                **efficiency_report(module.model, self.backbone, self.dense)}
+                **efficiency_report(ctx.model, self.backbone, self.dense)}

@@ -25,7 +25,7 @@ ADMM (METHODS.md §2.1 [OPEN]).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -38,9 +38,7 @@ from .masks import (
     check_density, check_divisible, check_nm, layer_mask, mask_gradients_, mask_weights_, nm_mask,
     save_sparse_model, sparse_model_folder, sparsity_report, target_layers, unstructured_mask,
 )
-
-if TYPE_CHECKING:
-    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
+from ..context import MethodContext
 
 Z, U, SUPPORT = "ftlab_admm_z", "ftlab_admm_u", "ftlab_admm_support"
 
@@ -101,7 +99,7 @@ class ADMMSparsity(Method):
         """Bool mask of Pi(x) for an (out, in) tensor."""
         raise NotImplementedError
 
-    def pattern_report(self, module: FineTuneModule) -> dict[str, Any]:
+    def pattern_report(self, ctx: MethodContext) -> dict[str, Any]:
         raise NotImplementedError
 
     def check_layers(self) -> None:
@@ -121,15 +119,15 @@ class ADMMSparsity(Method):
         return getattr(layer, Z), getattr(layer, U), getattr(layer, SUPPORT)
 
     @torch.no_grad()
-    def on_fit_start(self, module: FineTuneModule) -> None:
-        max_epochs = module.trainer.max_epochs or 0
+    def on_fit_start(self, ctx: MethodContext) -> None:
+        max_epochs = ctx.max_epochs or 0
         if self.masked_retrain_epochs >= max(max_epochs, 1):
             raise ConfigError(
                 f"method.masked_retrain_epochs={self.masked_retrain_epochs} leaves no ADMM epoch out of "
                 f"train.epochs={max_epochs}; make it smaller than train.epochs (0 = off)"
             )
         if self.admm_iterations:  # spread evenly over the ADMM epochs: the last one lands at (or just before) their end
-            steps = int(module.trainer.estimated_stepping_batches)
+            steps = ctx.total_steps
             admm_steps = steps * (max_epochs - self.masked_retrain_epochs) // max(max_epochs, 1)
             self.iteration_every = max(1, admm_steps // self.admm_iterations)
         for layer in self.layers.values():
@@ -152,17 +150,17 @@ class ADMMSparsity(Method):
             return torch.stack(terms).sum()
 
     def training_loss(
-        self, module: FineTuneModule, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor,
+        self, ctx: MethodContext, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor,
     ) -> torch.Tensor:
         if self.phase != "admm":
             return loss
         penalty = self.penalty()
-        module.log("train/admm_penalty", penalty.detach(), batch_size=batch["labels"].shape[0])
+        ctx.log("train/admm_penalty", penalty.detach(), batch_size=batch["labels"].shape[0])
         return loss.float() + penalty
 
     # -- sub-problem 2 + dual update ------------------------------------------------------------------------------
     @torch.no_grad()
-    def admm_iteration(self, module: FineTuneModule, step: int) -> dict[str, Any]:
+    def admm_iteration(self, ctx: MethodContext, step: int) -> dict[str, Any]:
         """Z <- Pi(W + U); U <- U + W - Z after `step` optimizer steps; record the mask similarity and the primal
         residual ||W - Z|| / ||W||."""
         kept = same = 0
@@ -183,7 +181,7 @@ class ADMMSparsity(Method):
         entry = {
             "iteration": len(self.iterations) + 1,
             "step": int(step),
-            "epoch": int(module.current_epoch),
+            "epoch": int(ctx.epoch),
             "similarity": same / kept if kept else 1.0,  # |M_k ∩ M_{k-1}| / |M_k| pooled over layers
             "similarity_layer_mean": sum(layer_similarity) / len(layer_similarity),
             "primal_residual": (residual_sq / weight_sq) ** 0.5 if weight_sq else 0.0,
@@ -192,21 +190,21 @@ class ADMMSparsity(Method):
         self._last_iteration_step = entry["step"]
         return entry
 
-    def on_after_optimizer_step(self, module: FineTuneModule) -> None:
+    def on_after_optimizer_step(self, ctx: MethodContext) -> None:
         if self.phase == "masked":
             mask_weights_(self.masked())
             return
-        step = module.trainer.global_step + 1  # Lightning counts this step only after the hook returns
+        step = ctx.global_step + 1  # Lightning counts this step only after the hook returns
         if self.phase == "admm" and self.iteration_every != "epoch" and step % self.iteration_every == 0 \
                 and step != self._last_iteration_step:
-            self.admm_iteration(module, step)
+            self.admm_iteration(ctx, step)
 
-    def on_train_epoch_end(self, module: FineTuneModule, epoch: int) -> None:
+    def on_train_epoch_end(self, ctx: MethodContext, epoch: int) -> None:
         if self.phase != "admm":
             return
-        if self.iteration_every == "epoch" and module.trainer.global_step != self._last_iteration_step:
-            self.admm_iteration(module, module.trainer.global_step)
-        if self.masked_retrain_epochs and epoch == (module.trainer.max_epochs or 0) - self.masked_retrain_epochs - 1:
+        if self.iteration_every == "epoch" and ctx.global_step != self._last_iteration_step:
+            self.admm_iteration(ctx, ctx.global_step)
+        if self.masked_retrain_epochs and epoch == (ctx.max_epochs or 0) - self.masked_retrain_epochs - 1:
             self.hard_prune()
             self.phase = "masked"
 
@@ -227,12 +225,12 @@ class ADMMSparsity(Method):
             getattr(layer, SUPPORT).copy_(mask)
         self.final_prune_change = (change_sq / weight_sq) ** 0.5 if weight_sq else 0.0
 
-    def on_before_optimizer_step(self, module: FineTuneModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(self, ctx: MethodContext, optimizer: torch.optim.Optimizer) -> None:
         if self.phase == "masked":
             mask_gradients_(self.masked())
 
     @torch.no_grad()
-    def on_validation_start(self, module: FineTuneModule) -> None:
+    def on_validation_start(self, ctx: MethodContext) -> None:
         if self.phase != "admm":
             return  # already exactly sparse
         for name, layer in self.layers.items():
@@ -240,23 +238,23 @@ class ADMMSparsity(Method):
             layer.weight.mul_(layer_mask(layer, self.mask_of))
 
     @torch.no_grad()
-    def on_validation_end(self, module: FineTuneModule) -> None:
+    def on_validation_end(self, ctx: MethodContext) -> None:
         for name, dense in self._dense.items():
             self.layers[name].weight.copy_(dense)
         self._dense = {}
 
-    def on_fit_end(self, module: FineTuneModule) -> None:
+    def on_fit_end(self, ctx: MethodContext) -> None:
         if self.phase == "admm":
             self.hard_prune()
         else:
             mask_weights_(self.masked())
         self.phase = "pruned"
         if self.save_model:
-            save_sparse_model(module.model, sparse_model_folder(module.trainer.default_root_dir), [Z, U, SUPPORT])
+            save_sparse_model(ctx.model, sparse_model_folder(ctx.run_dir), [Z, U, SUPPORT])
 
     # -- record ---------------------------------------------------------------------------------------------------
-    def report(self, module: FineTuneModule) -> dict[str, Any]:
-        report = self.pattern_report(module)
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
+        report = self.pattern_report(ctx)
         sims = [i["similarity"] for i in self.iterations]
         report["admm"] = {
             "rho": self.rho,
@@ -269,7 +267,7 @@ class ADMMSparsity(Method):
             "final_prune_relative_change": self.final_prune_change,  # ||W - Pi(W)|| / ||W|| at the final hard prune
         }
         if self.save_model:
-            report["saved_model"] = portable_path(sparse_model_folder(module.trainer.default_root_dir))
+            report["saved_model"] = portable_path(sparse_model_folder(ctx.run_dir))
         return report
 
 
@@ -289,8 +287,8 @@ class NxMADMM(ADMMSparsity):
     def check_layers(self) -> None:
         check_divisible(self.layers, self.m)
 
-    def pattern_report(self, module: FineTuneModule) -> dict[str, Any]:
-        return sparsity_report(self.layers, self.n, self.m, model=module.model)
+    def pattern_report(self, ctx: MethodContext) -> dict[str, Any]:
+        return sparsity_report(self.layers, self.n, self.m, model=ctx.model)
 
 
 class UnstructuredADMM(ADMMSparsity):
@@ -306,6 +304,6 @@ class UnstructuredADMM(ADMMSparsity):
     def mask_of(self, x: torch.Tensor) -> torch.Tensor:
         return unstructured_mask(x, self.density)
 
-    def pattern_report(self, module: FineTuneModule) -> dict[str, Any]:
-        return sparsity_report(self.layers, density=self.density, model=module.model)
+    def pattern_report(self, ctx: MethodContext) -> dict[str, Any]:
+        return sparsity_report(self.layers, density=self.density, model=ctx.model)
 

@@ -10,7 +10,7 @@ permutation (newer apex) is not done: the 2021 baseline predates it. The masks a
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -23,9 +23,7 @@ from .masks import (
     check_divisible, check_nm, layer_mask, mask_gradients_, mask_weights_, nm_mask, save_sparse_model,
     sparse_model_folder, sparsity_report, target_layers,
 )
-
-if TYPE_CHECKING:
-    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
+from ..context import MethodContext
 
 MASK = "ftlab_mask"
 
@@ -51,7 +49,7 @@ class ASP(Method):
         return [(layer, getattr(layer, MASK)) for layer in self.layers.values()]
 
     @torch.no_grad()
-    def on_fit_start(self, module: FineTuneModule) -> None:
+    def on_fit_start(self, ctx: MethodContext) -> None:
         project = partial(nm_mask, n=self.n, m=self.m)
         for name, layer in self.layers.items():
             mask = getattr(layer, MASK)
@@ -61,21 +59,21 @@ class ASP(Method):
                 self.initial_prune[name] = float((w * ~as_out_in(layer, mask)).norm() / w.norm().clamp_min(1e-12))
         mask_weights_(self.masked())
 
-    def on_before_optimizer_step(self, module: FineTuneModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(self, ctx: MethodContext, optimizer: torch.optim.Optimizer) -> None:
         mask_gradients_(self.masked())
 
-    def on_after_optimizer_step(self, module: FineTuneModule) -> None:
+    def on_after_optimizer_step(self, ctx: MethodContext) -> None:
         mask_weights_(self.masked())
 
-    def on_fit_end(self, module: FineTuneModule) -> None:
+    def on_fit_end(self, ctx: MethodContext) -> None:
         if self.save_model:
-            save_sparse_model(module.model, sparse_model_folder(module.trainer.default_root_dir), [MASK])
+            save_sparse_model(ctx.model, sparse_model_folder(ctx.run_dir), [MASK])
 
-    def report(self, module: FineTuneModule) -> dict[str, Any]:
-        report = sparsity_report(self.layers, self.n, self.m, model=module.model)
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
+        report = sparsity_report(self.layers, self.n, self.m, model=ctx.model)
         if self.initial_prune:
             # ||W0 - Pi(W0)|| / ||W0|| per layer: how much of the pretrained weights the one-shot mask removed
             report["initial_prune_relative_change_mean"] = sum(self.initial_prune.values()) / len(self.initial_prune)
         if self.save_model:
-            report["saved_model"] = portable_path(sparse_model_folder(module.trainer.default_root_dir))
+            report["saved_model"] = portable_path(sparse_model_folder(ctx.run_dir))
         return report

@@ -10,8 +10,8 @@ LayerNorm); embeddings, pooler and classifier are always fully updated. One glob
 keeps the top fraction.
 
 Choices made here:
-* The Fisher pass runs in `on_fit_start` over `trainer.datamodule.train_dataloader()` (its own iterator, same
-  batch size and shuffling as training) under the trainer's precision context. A Fisher "batch" is one optimizer-step
+* The Fisher pass runs in `on_fit_start` over `ctx.train_dataloader()` (the data module's own iterator, same
+  batch size and shuffling as training) under the trainer's precision context (`ctx.autocast()`). A Fisher "batch" is one optimizer-step
   batch: with gradient accumulation k, k micro-batches (loss / k each) are summed before clipping and squaring, so the
   mask does not depend on how a step is split into micro-batches. With k = 1 this is exactly the official pass.
 * `fisher_batches` (null = the whole training set, as the paper) bounds the pass to its first N step-batches for a
@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -44,9 +44,7 @@ from torch import nn
 from ...backbones import block_stacks
 from ...errors import BackboneError, ConfigError, require
 from ..base import Method
-
-if TYPE_CHECKING:
-    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
+from ..context import MethodContext
 
 log = logging.getLogger("ftlab")
 
@@ -92,25 +90,24 @@ class ChildTuningD(Method):
                                     f"backbone '{backbone.name}'; check the backbone's layers_path", BackboneError)
 
     # -- Fisher estimate ------------------------------------------------------------------------------------------
-    def estimate_fisher(self, module: FineTuneModule) -> dict[str, torch.Tensor]:
-        trainer = module.trainer
-        if trainer.datamodule is None:
-            raise ConfigError("CHILD-TUNING_D estimates the Fisher from trainer.datamodule.train_dataloader(); "
-                              "fit with a datamodule (ftlab.train.run does)")
-        loader = trainer.datamodule.train_dataloader()
-        group = max(1, int(trainer.accumulate_grad_batches))
+    def estimate_fisher(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        if ctx.train_dataloader is None:
+            raise ConfigError("CHILD-TUNING_D estimates the Fisher from the training batches, but this run has none to "
+                              "read (MethodContext.train_dataloader); fit with a datamodule (ftlab.train.run does)")
+        loader = ctx.train_dataloader()
+        group = max(1, int(ctx.accumulate_grad_batches))
         groups = math.ceil(len(loader) / group)
         limit = groups if self.fisher_batches is None else min(self.fisher_batches, groups)
-        model = module.model
+        model = ctx.model
         fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self._params.items()}
         was_training = model.training
         model.train()  # dropout on, as the official pass
         model.zero_grad(set_to_none=True)
         done, pending = 0, 0
         for batch in loader:
-            batch = {k: v.to(module.device) for k, v in batch.items()}
-            with trainer.precision_plugin.train_step_context():
-                loss = module(batch).loss
+            batch = {k: v.to(ctx.device) for k, v in batch.items()}
+            with ctx.autocast():
+                loss = ctx.forward(batch).loss
             (loss / group).backward()
             pending += 1
             if pending == group:
@@ -126,7 +123,7 @@ class ChildTuningD(Method):
         model.train(was_training)
         for name, f in fisher.items():
             # every process must select the same child network: average the estimate over processes (no-op on one)
-            fisher[name] = trainer.strategy.reduce(f.div_(done), reduce_op="mean")
+            fisher[name] = ctx.mean_over_processes(f.div_(done))
         self.facts["fisher_batches_used"] = done
         self.facts["fisher_batches_available"] = groups
         return fisher
@@ -141,9 +138,9 @@ class ChildTuningD(Method):
             fisher[name].add_(p.grad.float().pow(2))
 
     # -- hooks ----------------------------------------------------------------------------------------------------
-    def on_fit_start(self, module: FineTuneModule) -> None:
+    def on_fit_start(self, ctx: MethodContext) -> None:
         start = time.perf_counter()
-        fisher = self.estimate_fisher(module)
+        fisher = self.estimate_fisher(ctx)
         self.masks, threshold = top_fraction_masks(fisher, self.reserve_p)
         kept = sum(int(m.sum()) for m in self.masks.values())
         total = sum(m.numel() for m in self.masks.values())
@@ -153,11 +150,11 @@ class ChildTuningD(Method):
                  kept, total, kept / total, self.facts["fisher_batches_used"], self.facts["fisher_seconds"])
 
     @torch.no_grad()
-    def on_before_optimizer_step(self, module: FineTuneModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(self, ctx: MethodContext, optimizer: torch.optim.Optimizer) -> None:
         for name, mask in self.masks.items():
             grad = self._params[name].grad
             if grad is not None:
                 grad.mul_(mask)
 
-    def report(self, module: FineTuneModule) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         return {"reserve_p": self.reserve_p, "fisher_clip_norm": self.fisher_clip_norm, **self.facts}

@@ -11,13 +11,12 @@ code bases choose differently and which changes the effective weight of the term
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
+from ..context import MethodContext, model_inputs
 
 Reduction = Literal["mean", "sum"]
 
@@ -55,11 +54,11 @@ class TermLog:
     def __init__(self, log_name: str):
         self.log_name, self.total, self.count = log_name, None, 0
 
-    def add(self, module, term: torch.Tensor, batch_size: int) -> None:
+    def add(self, ctx: MethodContext, term: torch.Tensor, batch_size: int) -> None:
         detached = term.detach()
         self.total = detached if self.total is None else self.total + detached
         self.count += 1
-        module.log(self.log_name, detached, batch_size=batch_size)
+        ctx.log(self.log_name, detached, batch_size=batch_size)
 
     @property
     def mean(self) -> float | None:
@@ -83,15 +82,15 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
 
 
-def paired_forward(module: FineTuneModule, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def paired_forward(ctx: MethodContext, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(labels, first logits, second logits) from one forward of the batch concatenated with itself.
 
     One pass over 2B rows instead of two over B (as the official R-Drop code): each row draws its own dropout mask,
     so the halves are two independent passes, and the larger matrix products use the CPU better
     (`benchmarks/regulariser_overhead.py`). A method that perturbs the second pass does it to the second half (R3F).
     """
-    inputs = module.model_inputs(batch)
+    inputs = model_inputs(batch)
     labels = inputs.pop("labels")
-    logits = module.model(**{k: torch.cat([v, v]) for k, v in inputs.items()}).logits
+    logits = ctx.model(**{k: torch.cat([v, v]) for k, v in inputs.items()}).logits
     first, second = logits.chunk(2)
     return labels, first, second

@@ -52,6 +52,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..base import Method
+from ..context import MethodContext
 from ..layers import check_layers, replace_module, select_linears, set_dropout
 from .mixing import linear_sharing, mix_weight
 
@@ -115,6 +116,7 @@ class DPS(Method):
     """DPS Dense (`variant: dense`) or DPS Mix (`variant: mix`); see the module docstring for the exact rules."""
 
     name = "dps"
+    tiny_runs = (("method.ur=0.5",),)  # a few steps: phases of one step (accumulate, then exploit)
     resume_attributes = None  # per-step selection statistics live on the instance
 
     def __init__(
@@ -167,8 +169,8 @@ class DPS(Method):
                 replace_module(model, name, layer)
             self.targets[name] = layer
 
-    def on_fit_start(self, module: Any) -> None:
-        self.total_steps = int(module.trainer.estimated_stepping_batches)
+    def on_fit_start(self, ctx: MethodContext) -> None:
+        self.total_steps = int(ctx.total_steps)
         self.period = int(self.total_steps * self.ur)   # the official int(max_steps · ur)
         if self.period < 1:
             raise ConfigError(
@@ -180,13 +182,13 @@ class DPS(Method):
                 f"dps: the first accumulation phase ({self.period} steps) covers all {self.total_steps} steps, so no "
                 f"parameter would ever be selected; lower method.ur or train for more steps"
             )
-        self._apply_dropout(module.model)
+        self._apply_dropout(ctx.model)
         device = next(iter(self.targets.values())).weight.device
         # mask draws get their own generator, seeded from the run's seed without consuming the global stream: they
         # do not depend on how many dropout masks or extra forwards used that stream, and a DPS run sees the same data
         # order as a finetune run with the same seed
         self._generator = torch.Generator(device=device).manual_seed(torch.initial_seed() ^ MASK_SEED_SALT)
-        self._prepare(int(module.trainer.global_step) + 1)
+        self._prepare(int(ctx.global_step) + 1)
 
     def _apply_dropout(self, model: nn.Module) -> None:
         keep = self.dropout == "keep" or (
@@ -232,8 +234,8 @@ class DPS(Method):
             importance = importance * torch.exp(-layer.dps_fam / self.period)
         return importance
 
-    def on_before_optimizer_step(self, module: Any, optimizer: torch.optim.Optimizer) -> None:
-        step = int(module.trainer.global_step) + 1
+    def on_before_optimizer_step(self, ctx: MethodContext, optimizer: torch.optim.Optimizer) -> None:
+        step = int(ctx.global_step) + 1
         self._prepare(step)   # no-op unless the step was not prepared (e.g. a restored global_step)
         phase, _ = phase_at(step, self.period)
         layers = [layer for layer in self.targets.values() if layer.weight.grad is not None]
@@ -256,7 +258,7 @@ class DPS(Method):
         self.phase_log.append(phase[0])
         self._last_step = step
 
-    def on_after_optimizer_step(self, module: Any) -> None:
+    def on_after_optimizer_step(self, ctx: MethodContext) -> None:
         # counted from the step just handled, not from global_step (Lightning increments it after this hook)
         self._prepare(self._last_step + 1)
 
@@ -269,7 +271,7 @@ class DPS(Method):
             for layer in self.targets.values() for n in names if hasattr(layer, n)
         )
 
-    def report(self, module: Any) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         kept = sum(kept_count(layer.weight.numel(), self.p) for layer in self.targets.values())
         total = sum(layer.weight.numel() for layer in self.targets.values())
         return {

@@ -29,6 +29,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..base import Method
+from ..context import MethodContext
 from ..layers import check_layers, replace_module, select_linears, set_dropout
 from .mixing import linear_sharing, mix_weight
 
@@ -77,7 +78,7 @@ class Mixout(Method):
         if self.zero_dropout:
             self.dropouts_zeroed = set_dropout(model, 0.0)
 
-    def report(self, module: Any) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         return {
             "p": self.p, "layers_wrapped": len(self.wrapped), "dropouts_zeroed": self.dropouts_zeroed,
             "target_parameters": sum(layer.mixout_target.numel() for layer in self.wrapped.values()),

@@ -28,7 +28,7 @@ Choices made here:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -38,9 +38,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ...errors import BackboneError, require
 from ..base import Method
 from .consistency import TermLog, TwoPasses, paired_forward, squared_difference, supervised_loss, symmetric_kl
-
-if TYPE_CHECKING:
-    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
+from ..context import MethodContext
 
 NOISE_TYPES = ("uniform", "normal")
 REGRESSION_TERMS = ("official", "paper")
@@ -73,6 +71,7 @@ class R3F(Method):
     """R3F (and R4F with `spectral_norm_head=True`)."""
 
     name = "r3f"
+    tiny_runs = ((), ("task=stsb", "method.regression_term=paper"))  # classification, and the regression term
 
     def __init__(
         self,
@@ -109,8 +108,8 @@ class R3F(Method):
             self.head_name, head = head_projection(model, backbone)
             spectral_norm(head)
 
-    def on_fit_start(self, module: FineTuneModule) -> None:
-        dtype = module.model.get_submodule(self.embeddings_path).weight.dtype
+    def on_fit_start(self, ctx: MethodContext) -> None:
+        dtype = ctx.model.get_submodule(self.embeddings_path).weight.dtype
         require(dtype == torch.float32,
                 f"R3F needs fp32 word embeddings but they are {dtype}: noise of sigma={self.sigma} vanishes in "
                 f"low-precision embeddings. Keep fp32 weights with low-precision autocast (trainer.precision=bf16-mixed "
@@ -139,32 +138,32 @@ class R3F(Method):
         finally:
             handle.remove()
 
-    def term_applies(self, module: FineTuneModule) -> bool:
+    def term_applies(self, ctx: MethodContext) -> bool:
         """False where R3F adds nothing and runs no noisy pass: λ = 0, or regression with `official`."""
-        return self.lam > 0 and not (module.task.kind == "regression" and self.regression_term == "official")
+        return self.lam > 0 and not (ctx.task_kind == "regression" and self.regression_term == "official")
 
-    def consistency_term(self, module: FineTuneModule, clean_logits: torch.Tensor, noisy_logits: torch.Tensor) -> torch.Tensor:
+    def consistency_term(self, ctx: MethodContext, clean_logits: torch.Tensor, noisy_logits: torch.Tensor) -> torch.Tensor:
         """The unweighted R3F term between the clean and the noisy prediction."""
-        if module.task.kind == "regression":
+        if ctx.task_kind == "regression":
             return squared_difference(clean_logits, noisy_logits)
         return symmetric_kl(clean_logits, noisy_logits)
 
     # -- hooks ----------------------------------------------------------------------------------------------------
-    def training_forward(self, module: FineTuneModule, batch: dict[str, torch.Tensor]) -> Any:
-        if not self.term_applies(module):
-            return module(batch)
-        with self._noisy_second_half(module.model):
-            labels, clean, noisy = paired_forward(module, batch)
-        return TwoPasses(supervised_loss(clean, labels, module.task.kind == "regression"), clean, noisy)
+    def training_forward(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> Any:
+        if not self.term_applies(ctx):
+            return ctx.forward(batch)
+        with self._noisy_second_half(ctx.model):
+            labels, clean, noisy = paired_forward(ctx, batch)
+        return TwoPasses(supervised_loss(clean, labels, ctx.task_kind == "regression"), clean, noisy)
 
-    def training_loss(self, module: FineTuneModule, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, ctx: MethodContext, batch: dict[str, torch.Tensor], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
         if not isinstance(outputs, TwoPasses):
             return loss
-        term = self.consistency_term(module, outputs.logits, outputs.second_logits)
-        self._term.add(module, term, batch["labels"].shape[0])
+        term = self.consistency_term(ctx, outputs.logits, outputs.second_logits)
+        self._term.add(ctx, term, batch["labels"].shape[0])
         return loss + self.lam * term
 
-    def report(self, module: FineTuneModule) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         out: dict[str, Any] = {
             "noise": self.noise, "sigma": self.sigma, "lambda": self.lam, "regression_term": self.regression_term,
             "spectral_norm_head": self.spectral_norm_head,
@@ -173,7 +172,7 @@ class R3F(Method):
         }
         if self.head_name is not None:
             with torch.no_grad():
-                weight = module.model.get_submodule(self.head_name).weight.float()
+                weight = ctx.model.get_submodule(self.head_name).weight.float()
                 out["head"] = self.head_name
                 out["head_spectral_norm"] = float(torch.linalg.matrix_norm(weight, ord=2))
         return out

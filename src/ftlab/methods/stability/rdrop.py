@@ -22,7 +22,7 @@ Documented choices (they change the effective α, so a table must say which was 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -31,9 +31,7 @@ from torch import nn
 from ...errors import require
 from ..base import Method
 from .consistency import TermLog, TwoPasses, paired_forward, squared_difference, supervised_loss, symmetric_kl
-
-if TYPE_CHECKING:
-    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
+from ..context import MethodContext
 
 log = logging.getLogger("ftlab")
 
@@ -86,28 +84,28 @@ class RDrop(Method):
             return (first + second) / 2
         return first + second if self.ce == "sum" else first
 
-    def consistency_term(self, module: FineTuneModule, first_logits: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor | None:
+    def consistency_term(self, ctx: MethodContext, first_logits: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor | None:
         """The unweighted term between two predictions, or None where none applies (regression with `none`)."""
-        if module.task.kind == "regression":
+        if ctx.task_kind == "regression":
             if self.regression_term == "none":
                 return None
             return squared_difference(first_logits, second_logits, self.kl_reduction)
         return 0.5 * symmetric_kl(first_logits, second_logits, self.kl_reduction)
 
-    def training_forward(self, module: FineTuneModule, batch: dict[str, torch.Tensor]) -> TwoPasses:
-        labels, first, second = paired_forward(module, batch)
-        regression = module.task.kind == "regression"
+    def training_forward(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> TwoPasses:
+        labels, first, second = paired_forward(ctx, batch)
+        regression = ctx.task_kind == "regression"
         loss = self.combine_losses(supervised_loss(first, labels, regression), supervised_loss(second, labels, regression))
         return TwoPasses(loss, first, second)
 
-    def training_loss(self, module: FineTuneModule, batch: dict[str, torch.Tensor], outputs: TwoPasses, loss: torch.Tensor) -> torch.Tensor:
-        term = self.consistency_term(module, outputs.logits, outputs.second_logits)
+    def training_loss(self, ctx: MethodContext, batch: dict[str, torch.Tensor], outputs: TwoPasses, loss: torch.Tensor) -> torch.Tensor:
+        term = self.consistency_term(ctx, outputs.logits, outputs.second_logits)
         if term is None:
             return loss
-        self._term.add(module, term, batch["labels"].shape[0])
+        self._term.add(ctx, term, batch["labels"].shape[0])
         return loss + self.alpha * term
 
-    def report(self, module: FineTuneModule) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         return {
             "alpha": self.alpha, "ce": self.ce, "kl_reduction": self.kl_reduction,
             "regression_term": self.regression_term, "dropout": self.dropout,

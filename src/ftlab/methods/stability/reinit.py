@@ -15,7 +15,7 @@ stack (`layers_path`) only.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -24,9 +24,7 @@ from torch import nn
 from ...backbones import is_conv1d
 from ...errors import BackboneError, ConfigError, require
 from ..base import Method
-
-if TYPE_CHECKING:
-    from pytorch_lightning import LightningModule as FineTuneModule  # hooks get the run's tasks.module.TaskModule
+from ..context import MethodContext
 
 log = logging.getLogger("ftlab")
 
@@ -94,7 +92,7 @@ class Reinit(Method):
             self.parameters_touched += reinit_module(target, std, generator)
             self.reinitialised.append(name)
 
-    def report(self, module: FineTuneModule) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         return {"layers": self.layers, "reinit_pooler": self.reinit_pooler, "seed": self.seed,
                 "reinitialised": self.reinitialised, "parameters_reinitialised": self.parameters_touched}
 

@@ -42,6 +42,7 @@ from ...errors import ConfigError
 from ..adapters import LoRALayer, freeze_for_adapters
 from ...telemetry.saved_tensors import SavedTensors
 from ..base import Method
+from ..context import MethodContext
 from ..layers import check_roles
 from .attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE, HeadRowSampler,
                         install_attention_function)
@@ -140,15 +141,13 @@ class _WTACRSMethod(Method):
         self._saved = (saved, measured_on)
 
     # -- hooks ----------------------------------------------------------------------------------------------------
-    def on_fit_start(self, module: Any) -> None:
+    def on_fit_start(self, ctx: MethodContext) -> None:
         """Size the ‖∇Z‖ cache for the whole training set now, so an over-budget cache fails on the first step."""
-        datamodule = getattr(getattr(module, "trainer", None), "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "load_split"):
-            train = datamodule.load_split("train")
-            ids = train["idx"] if "idx" in getattr(train, "column_names", ()) else None
-            self.cache.expect(max(ids) + 1 if ids else len(train))  # idx = row of the full split, also for subsets
+        examples = ctx.train_examples()  # idx = row of the full split, also for subsets
+        if examples is not None:
+            self.cache.expect(examples)
 
-    def on_train_batch_start(self, module: Any, batch: dict[str, torch.Tensor]) -> None:
+    def on_train_batch_start(self, ctx: MethodContext, batch: dict[str, torch.Tensor]) -> None:
         if "idx" not in batch:
             raise ConfigError(
                 f"{self.name} keys its gradient-norm cache by dataset example index, but the training batch has no "
@@ -159,12 +158,12 @@ class _WTACRSMethod(Method):
         if self._step_started is None:
             self._step_started = time.perf_counter()
 
-    def on_after_optimizer_step(self, module: Any) -> None:
+    def on_after_optimizer_step(self, ctx: MethodContext) -> None:
         if self._step_started is not None:
             self.step_seconds.append(time.perf_counter() - self._step_started)
             self._step_started = None
 
-    def report(self, module: Any) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         stats = {k: sum(s.stats[k] for s in self.samplers.values()) for k in ("forwards", "rows", "kept", "deterministic", "draws")}
         timed = self.step_seconds[1:] or self.step_seconds  # the first step pays one-off allocations
         pv = _kept_fraction(self.attention_samplers.values())
@@ -199,6 +198,7 @@ class WTACRS(_WTACRSMethod):
     """Full fine-tuning with WTA-CRS weight gradients in the block linears of `roles` (default attn_out, ffn1, ffn2)."""
 
     name = "wtacrs"
+    tiny_runs = ((), ("backbone=tiny-t5",))  # an encoder, and T5's encoder-decoder (the paper's backbone)
 
     def __init__(
         self,
@@ -226,8 +226,8 @@ class WTACRS(_WTACRSMethod):
             self.watch[name] = replacement
         self._sample_attention(model, backbone)
 
-    def report(self, module: Any) -> dict[str, Any]:
-        return {"roles": self.roles, **super().report(module)}
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
+        return {"roles": self.roles, **super().report(ctx)}
 
 
 class LoRAWTACRS(_WTACRSMethod):
@@ -277,6 +277,6 @@ class LoRAWTACRS(_WTACRSMethod):
         freeze_for_adapters(model, backbone)
         self._sample_attention(model, backbone)
 
-    def report(self, module: Any) -> dict[str, Any]:
+    def report(self, ctx: MethodContext) -> dict[str, Any]:
         return {"lora_roles": self.lora_roles, "r": self.r, "alpha": self.alpha, "dropout": self.dropout,
-                **super().report(module)}
+                **super().report(ctx)}
