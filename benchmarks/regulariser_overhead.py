@@ -49,7 +49,7 @@ from ftlab.train import build_method
 METHODS = ["finetune", "mixout", "dps", "dps_mix", "r3f", "r4f", "rdrop", "reinit", "child_tuning_d"]
 TARGETS = {"dps": 1.15, "dps_mix": 1.15, "mixout": 1.3, "r3f": 2.1, "r4f": 2.1, "rdrop": 2.1}
 BENCH_OVERRIDES = {"child_tuning_d": ["method.fisher_batches=2"]}
-PAPER_GB_BATCH16 = {  # seed004 App. F Table 3, BERT-large, batch 16 (GB)
+PAPER_GB_BATCH16 = {  # DPS App. F Table 3, BERT-large, batch 16 (GB)
     "finetune": 10.6, "mixout": 12.9, "r3f": 17.7, "rdrop": 17.7, "child_tuning_d": 10.9, "dps": 16.3, "dps_mix": 21.1,
 }
 

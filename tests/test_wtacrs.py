@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # thousands of tiny ops: a s
 
 
 def concentrated_problem(n: int = 40, d_in: int = 6, d_out: int = 5, seed: int = 0):
-    """X (n, d_in) and ∇Z (n, d_out) whose row norms are very uneven, as in fine-tuning (seed001 Fig. 10-12)."""
+    """X (n, d_in) and ∇Z (n, d_out) whose row norms are very uneven, as in fine-tuning (WTA-CRS App. E, Fig. 10-12)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
     dz = torch.randn(n, d_out, generator=g, dtype=torch.float64)

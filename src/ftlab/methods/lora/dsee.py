@@ -1,6 +1,6 @@
 """DSEE (Chen et al., ACL 2023): LoRA plus a sparse residual, then prune the pre-trained weights guided by the update.
 
-    W_eff = W * M + s (B A + P_Omega(S)),   s = alpha / r          (METHODS.md Sec. 3.1; layer in methods/adapters.py)
+    W_eff = W * M + s (B A + P_Omega(S)),   s = alpha / r          (docs/methods/lora.md#dsee-parameterisation; layer in methods/adapters.py)
 
 Two phases, inside one Lightning fit and keyed on epochs, with the pruning switch between them (at the end of epoch
 `phase1_epochs`, after that epoch's validation):

@@ -1,7 +1,7 @@
 """GreBsmo robust PCA (Zhou & Tao 2013) and DSEE's index set Omega: where a pre-trained W keeps its sparse residual.
 
-W ~ U V + S with U orthonormal (m x k), rank k grown greedily, S hard-thresholded; DSEE (seed003 Sec. 3.2, App. A.2)
-takes Omega = the positions of the c largest |S|. Constants follow the official code (METHODS.md Sec. 3.1, DSEE
+W ~ U V + S with U orthonormal (m x k), rank k grown greedily, S hard-thresholded; DSEE (its Sec. 3.2, App. A.2)
+takes Omega = the positions of the c largest |S|. Constants follow the official code (docs/methods/lora.md#grebsmo, DSEE
 run_glue.py): V starts as one N(0, 1) row; 100 outer iterations, each resetting S to 0 and running 2 inner rounds of
 
     U <- Q of QR((W - S) V^T),   V <- U^T (W - S),   S <- (W - U V) * 1{|W - U V| >= lambda},  lambda = 0.01

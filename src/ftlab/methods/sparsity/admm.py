@@ -1,5 +1,5 @@
 """ADMM sparsification during fine-tuning: NxMTransformer (n:m, `method=nxm`) and its ADMM_Unstructured baseline
-(50% per layer, `method=admm_unstructured`) (seed002 §3, App. A.1; METHODS.md §2).
+(50% per layer, `method=admm_unstructured`) (NxMTransformer §3, App. A.1; docs/methods/sparsity.md#nxm-admm).
 
 For every target weight W (the six block linears; never embeddings or the classifier) with auxiliary Z and scaled dual
 U (fp32 buffers, out of the optimizer, in every checkpoint):
@@ -9,7 +9,7 @@ U (fp32 buffers, out of the optimizer, in every checkpoint):
 * one ADMM iteration (every `iteration_every` optimizer steps, or at the end of every epoch, the paper's choice for
   small tasks): Z <- Pi(W + U), U <- U + W - Z, and the mask similarity |M_k ∩ M_{k-1}| / |M_k| with M = support(Z);
 * every evaluation runs on the hard-projected Pi(W) ("a hard prune ... at the end of every epoch, so we evaluate the
-  model as if it has already sparsified", seed002 §4.2); the dense W is restored afterwards. Checkpoints written
+  model as if it has already sparsified", NxMTransformer §4.2); the dense W is restored afterwards. Checkpoints written
   during validation therefore hold the projected W that was evaluated;
 * at the end of training W <- Pi(W) for good, so the result satisfies the pattern exactly.
 
@@ -21,7 +21,7 @@ iteration unregularised.
 
 `masked_retrain_epochs` (default 0): the last k epochs of `train.epochs` become ASP-style masked fine-tuning (hard
 prune, penalty off, masked gradients and weights). Off by default because the paper describes no re-training after
-ADMM (METHODS.md §2.1 [OPEN]).
+ADMM (docs/methods/sparsity.md#final-prune-and-masked-retraining).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """ASP (NVIDIA Automatic SParsity) as NxMTransformer's baseline: one-shot n:m magnitude mask of the *pretrained*
-weights of the six block linears, then masked fine-tuning with the masks fixed (METHODS.md §1, seed002 §4.1).
+weights of the six block linears, then masked fine-tuning with the masks fixed (docs/methods/sparsity.md#asp; NxMTransformer §4.1).
 
 Mask maintenance follows apex's patched `optimizer.step`: gradients are masked before the update (so Adam's moments of
 pruned weights stay zero) and weights are re-masked after it (so weight decay or numerical drift cannot revive them).

@@ -2,7 +2,7 @@
 diagonal Fisher over the training set, keep the top `reserve_p` fraction of the encoder blocks' entries (the "child
 network"), and during fine-tuning zero the gradients of every other block entry.
 
-Fisher pass (official `alibaba/AliceMind` `ChildTuning/ChildTuningD.py::calculate_fisher`, METHODS.md §8): shuffled
+Fisher pass (official `alibaba/AliceMind` `ChildTuning/ChildTuningD.py::calculate_fisher`, docs/methods/stability.md#child-tuning_d): shuffled
 training batches, training-mode forward (dropout on), backward, each parameter tensor's gradient clipped to norm
 `fisher_clip_norm` on its own, `F += grad² / #batches`; only parameters inside the transformer blocks (official: name
 contains "layer"; here: under the backbone's `layers_path` and any `extra_stacks`, i.e. every block weight, bias and

@@ -1,6 +1,6 @@
 """DPS — Dynamic Parameter Selection (Zhang et al., NeurIPS 2022), variants Dense and Mix.
 
-Rebuilt from the official code (`DPS@b8e41a83`, METHODS.md §5.1), with its step bookkeeping moved out of forward():
+Rebuilt from the official code (`DPS@b8e41a83`, docs/methods/stability.md#dps), with its step bookkeeping moved out of forward():
 
 * **Layers.** Every nn.Linear of the model by default — for BERT-style encoders the six linears of every block, the
   pooler and the classifier, as the official modelling file (`layers` can name roles instead, see `methods/layers.py`).
@@ -28,7 +28,7 @@ Rebuilt from the official code (`DPS@b8e41a83`, METHODS.md §5.1), with its step
 **What p means.** p is the *reserved* probability: the fraction of each matrix held back in an exploitation phase; the
 updated subnetwork is the top ⌈(1 − p)·n⌉ entries (p = 0.3 updates 70 %). This is what the official code does and
 matches Mixout's p (probability of falling back to the target). The official config field `subnetwork_size_prob`
-suggests the opposite reading (p = fraction updated); METHODS.md §5.1 flags the ambiguity and we follow the code.
+suggests the opposite reading (p = fraction updated); docs/methods/stability.md#what-p-means: we follow the code.
 
 **Dropout** (`dropout`): `official` = the run script's rule: every dropout set to 0, except DPS Dense with
 total_steps ≥ 2000, which keeps the backbone's dropout (the script restores 0.1, BERT's value); `zero`; `keep`.

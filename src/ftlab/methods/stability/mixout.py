@@ -14,7 +14,7 @@ official `mixout.py` backward. With AdamW this is almost fully absorbed by Adam'
 Dropout: every nn.Dropout of the backbone is set to 0, as the paper and the official example prescribe (mixout replaces
 dropout; keeping both double-regularises). `zero_dropout: false` keeps the backbone's dropout.
 
-p grid: {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8} in the DPS paper's comparison (seed004 App. D); 0.1 in the
+p grid: {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8} in the DPS paper's comparison (DPS App. D); 0.1 in the
 revisit-bert sample command with BERT-large (`REV:sample_commands/mixout.sh`, the default here); 0.9 in the official
 examples (`MIX:example.py`).
 """

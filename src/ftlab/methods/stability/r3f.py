@@ -1,7 +1,7 @@
 """R3F / R4F (Aghajanyan et al., ICLR 2021): a symmetric-KL consistency term between the clean prediction and the
 prediction under tiny noise on the word embeddings; R4F adds spectral normalisation of the head's final projection.
 
-Per training batch (official fairseq criterion `sentence_prediction_r3f.py`, METHODS.md §7):
+Per training batch (official fairseq criterion `sentence_prediction_r3f.py`, docs/methods/stability.md#r3f-and-r4f):
   loss = CE(f(x), y) + λ · mean_batch[ KL(P_clean‖P_noisy) + KL(P_noisy‖P_clean) ]
 where the noisy pass sees `E.detach() + z`, E = the word-embedding lookup output only (before position / segment
 embeddings and LayerNorm), z ~ U(−σ, σ) or N(0, σ²). The clean and the noisy pass run as one forward of the batch

@@ -1,4 +1,4 @@
-"""The attention products of WTA-CRS level 2 (seed001; METHODS.md §4 "attout_sampling" and "score_sampling"): exact
+"""The attention products of WTA-CRS level 2 (docs/methods/wtacrs.md#attention-products; "attout_sampling", "score_sampling"): exact
 outputs, and the gradients of the operands that are *saved* for backward estimated from k sampled rows of each
 (example, head), so only those k rows are kept.
 

@@ -1,4 +1,4 @@
-"""The ‖∇Z‖ cache of WTA-CRS (seed001 Alg. 1): output-gradient row norms from the last visit of each training example.
+"""The ‖∇Z‖ cache of WTA-CRS (WTA-CRS App. D, Alg. 1): output-gradient row norms from the last visit of each training example.
 
 The sampling probabilities need ‖∇Z_i‖ during the forward pass, before ∇Z exists; the paper uses the norms recorded the
 previous time the same example went through backward (one epoch stale).
@@ -26,7 +26,7 @@ At 128 positions (257 B per table and example):
 | MiniLM-L6 (6 layers, 12 heads) | 18 + 216 (18 + 18) | 60 kB (9.3 kB) | 150 MB (23 MB) | — |
 | BERT-base (12 layers, 12 heads) | 36 + 432 (36 + 36) | 120 kB (18.5 kB) | 300 MB (46 MB) | 47 GB (7.3 GB) |
 
-(the official code's per-token cache, METHODS.md §4.3: ≈157 kB per example, 62 GB for MNLI). `max_bytes` caps the
+(the official code's per-token cache, docs/methods/wtacrs.md#norm-cache: ≈157 kB per example, 62 GB for MNLI). `max_bytes` caps the
 size, and the cap is checked up front: the method tells the cache the training set's size (`expect`) before the
 first step, so the first forward allocates every table at that size or fails with an error that says what to change,
 instead of failing mid-epoch. The cache lives on the method instance in CPU memory: it is not a buffer, so it is not

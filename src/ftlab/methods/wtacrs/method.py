@@ -1,11 +1,11 @@
-"""WTA-CRS (seed001; METHODS.md §4): memory-efficient fine-tuning by a sampled weight gradient in chosen linears.
+"""WTA-CRS (docs/methods/wtacrs.md): memory-efficient fine-tuning by a sampled weight gradient in chosen linears.
 
 `method=wtacrs` swaps the block linears of `roles` for `WTACRSLinear` (exact forward and input gradient; the weight
 gradient from k = clamp(int(budget · N), min_k, N) of the N token rows, chosen by winner-take-all column-row sampling),
 so only k rows of each such layer's input are kept for backward. Default roles = the paper's "level 2" linears:
 attention output, FFN in and FFN out. Q, K and V stay exact, as in the paper: in full precision they read one shared
 input tensor, which stays saved as long as any of the three keeps it, so sampling them saves almost nothing while
-adding variance (METHODS.md §4.5). (Under autocast each of the three keeps its own low-precision cast of that input —
+adding variance (docs/methods/wtacrs.md#level-2). (Under autocast each of the three keeps its own low-precision cast of that input —
 54 of MiniLM's 529 MiB at batch 32, benchmarks/wtacrs_memory.py — so there `roles=[q,k,v,attn_out,ffn1,ffn2]` would
 save memory; the default stays the paper's.) The paper's level 2 also samples both attention matmuls
 (`attention`): with `sample_attention` the product P·V gets a WTA-CRS gradient for V over query rows per

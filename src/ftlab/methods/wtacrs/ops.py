@@ -1,4 +1,4 @@
-"""The WTA-CRS linear layer (seed001 Alg. 1): exact forward, exact input and bias gradients, sampled weight gradient.
+"""The WTA-CRS linear layer (WTA-CRS App. D, Alg. 1): exact forward, exact input and bias gradients, sampled weight gradient.
 
 Only the k kept rows of the input X (and their row ids and weights) are saved for backward, instead of all N = batch ·
 sequence rows: that is the activation memory WTA-CRS saves. The weight itself is saved as the parameter (no copy), and

@@ -1,7 +1,7 @@
 """Winner-take-all column-row sampling: which rows of a weight-gradient product to keep, and how to re-weight them.
 
 The weight gradient of a linear layer is a sum over its N input rows, ∇W = Σ_i ∇Z_iᵀ X_i ("column-row pairs").
-WTA-CRS (seed001 App. C) keeps a deterministic set C of the most probable pairs unscaled and estimates the rest from
+WTA-CRS (its paper's App. C) keeps a deterministic set C of the most probable pairs unscaled and estimates the rest from
 m = k − |C| draws *with replacement* from p restricted to D∖C:
 
     ĝ = Σ_{c∈C} F_c + (1/m) Σ_t F_{j_t} / q_{j_t},      q_j = p_j / (1 − Σ_C p),   F_i = ∇Z_iᵀ X_i
@@ -41,7 +41,7 @@ def row_norms(rows: torch.Tensor) -> torch.Tensor:
 def row_probabilities(
     x_norms: torch.Tensor, grad_norms: torch.Tensor | None = None, known: torch.Tensor | None = None, floor: float = 0.01
 ) -> torch.Tensor:
-    """p_i ∝ ‖X_i‖·‖∇Z_i‖ (the variance-optimal CRS distribution, seed001 App. C.1), from possibly stale gradient norms;
+    """p_i ∝ ‖X_i‖·‖∇Z_i‖ (the variance-optimal CRS distribution, WTA-CRS App. C.1), from possibly stale gradient norms;
     over the last axis, so (..., n) norms give one distribution per group (the attention maps' (example, head)).
 
     `grad_norms` are cached ‖∇Z_i‖ from the last visit of each row (None: no cache, p ∝ ‖X_i‖). Rows with
