@@ -32,7 +32,10 @@ def _launch(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     args = [sys.executable, str(ROOT / "run.py"), *tiny_overrides(tmp_path, *overrides),
             f"hydra.run.dir={tmp_path}/hydra"]
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT back to its default in the child: a shell starts background jobs (nohup, `&`) with SIGINT ignored, which
+    # the child would inherit, and Python then installs no KeyboardInterrupt handler
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _record(tmp_path: Path, *overrides: str) -> tuple[Path, dict | None]:

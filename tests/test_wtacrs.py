@@ -312,7 +312,7 @@ def test_t5_roles_cover_encoder_and_decoder_blocks() -> None:
 
 def steps_report(method, backbone: str = "tiny-bert", examples: int = 48, batch: int = 16, length: int = 12) -> dict:
     """The method's report after one epoch of `examples` rows through its hooks, in the training module's order, with
-    the first training forward measured as the module measures it (ftlab.saved_tensors)."""
+    the first training step measured as the run measures it (ftlab.telemetry.callbacks.SavedActivations)."""
     cfg = compose_config([f"backbone={backbone}"])
     torch.manual_seed(0)
     model = load_model(cfg.backbone, num_labels=2)
@@ -329,13 +329,13 @@ def steps_report(method, backbone: str = "tiny-bert", examples: int = 48, batch:
         if model.config.eos_token_id is not None:  # T5's classifier pools the last <eos>
             rows["input_ids"][:, -1] = model.config.eos_token_id
         method.on_train_batch_start(ctx, rows)
-        first = ctx.saved_tensors is None
+        first = start == 0
         meter = SavedTensorMeter(model, method.watched_modules()) if first else contextlib.nullcontext()
         with meter:
             outputs = method.training_forward(ctx, rows)
             loss = method.training_loss(ctx, rows, outputs, outputs.loss)
-        if first:
-            ctx.saved_tensors, ctx.saved_tensors_batch = meter.result, {"batch": batch, "positions": length}
+        if first:  # as ftlab.telemetry.callbacks.SavedActivations hands it over
+            method.on_saved_tensors(meter.result, {"step": "first training forward", "batch": batch, "positions": length})
         loss.backward()
         method.on_before_optimizer_step(ctx, optimizer)
         optimizer.step()

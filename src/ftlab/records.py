@@ -70,6 +70,11 @@ class EpochResult(TypedDict):
     correct: dict[str, list[int]]              # split -> per-example right (1) / wrong (0); classification only
 
 
+def _section(key: str, doc: str) -> property:
+    """A record section read as a dict ({} when the record has none)."""
+    return property(lambda record: record.get(key) or {}, doc=doc)
+
+
 class RunRecord(dict):
     """One run's record: the JSON object as stored (a dict, so the file round-trips unchanged) with typed access to
     what its fields mean. Readers use the properties and methods, never the nested keys."""
@@ -222,22 +227,11 @@ class RunRecord(dict):
         return scores
 
     # -- other sections -------------------------------------------------------------------------------------------
-    @property
-    def method_report(self) -> dict[str, Any]:
-        return self.get("method_report") or {}
-
-    @property
-    def cost(self) -> dict[str, Any]:
-        return self.get("cost") or {}
-
-    @property
-    def environment(self) -> dict[str, Any]:
-        return self.get("environment") or {}
-
-    @property
-    def test_predictions(self) -> dict[str, Any]:
-        """Unlabeled split -> {index, predictions, rows, weights, ...} (ftlab.predict)."""
-        return self.get("test_predictions") or {}
+    method_report = _section("method_report", "The method's own facts (Method.report).")
+    cost = _section("cost", "Time, throughput, peak memory, saved activations (ftlab.telemetry.callbacks).")
+    environment = _section("environment", "Library versions, commit, device, threads.")
+    test_predictions = _section("test_predictions",
+                                "Unlabeled split -> {index, predictions, rows, weights, ...} (ftlab.predict).")
 
 
 def metrics_section(history: Sequence[Mapping[str, Any]], selection: Selection) -> dict[str, Any]:

@@ -90,13 +90,13 @@ class DSEE(Method):
 
     def __init__(
         self,
+        roles: Sequence[str] = ("q", "v"),
         r: int = 16,
         alpha: float = 32,
-        dropout: float = 0.0,
-        roles: Sequence[str] = ("q", "v"),
-        init: str = "gaussian",
-        num_sparse: int = 16,
+        num_sparse: int = 16,   # the sparse residual S_Omega beside the low-rank B A
         omega: str = "grebsmo",
+        init: str = "gaussian",
+        dropout: float = 0.0,
         prune: str = "unstructured",
         density: float = 0.8,
         heads: int = 3,

@@ -85,8 +85,9 @@ class _WTACRSMethod(Method):
 
     resume_attributes = None  # the per-example gradient-norm cache is not checkpointed (it can reach GBs)
 
-    def __init__(self, budget: float, min_k: int, floor: float, max_positions: int, max_cache_mb: float,
-                 sample_attention: bool = True, sample_scores: bool = True, attention_norms: str = "per_head"):
+    def __init__(self, budget: float = 0.3, min_k: int = 10, floor: float = 0.01, max_positions: int = 128,
+                 max_cache_mb: float = 4096, sample_attention: bool = True, sample_scores: bool = True,
+                 attention_norms: str = "per_head"):
         self.budget = check_budget(budget)
         if attention_norms not in ATTENTION_NORMS:
             raise ConfigError(f"{self.name}: attention_norms={attention_norms!r} is not one of {list(ATTENTION_NORMS)}: "
@@ -200,20 +201,9 @@ class WTACRS(_WTACRSMethod):
     name = "wtacrs"
     tiny_runs = ((), ("backbone=tiny-t5",))  # an encoder, and T5's encoder-decoder (the paper's backbone)
 
-    def __init__(
-        self,
-        budget: float = 0.3,
-        roles: Sequence[str] = DEFAULT_ROLES,
-        min_k: int = 10,
-        floor: float = 0.01,
-        max_positions: int = 128,
-        max_cache_mb: float = 4096,
-        sample_attention: bool = True,
-        sample_scores: bool = True,
-        attention_norms: str = "per_head",
-    ):
-        super().__init__(budget, min_k, floor, max_positions, max_cache_mb, sample_attention, sample_scores,
-                         attention_norms)
+    def __init__(self, roles: Sequence[str] = DEFAULT_ROLES, **sampling: Any):
+        """`sampling`: the budget and sampler settings of _WTACRSMethod."""
+        super().__init__(**sampling)
         self.roles = check_roles(roles, self.name)
 
     def setup(self, model: nn.Module, backbone: DictConfig) -> None:
@@ -235,23 +225,10 @@ class LoRAWTACRS(_WTACRSMethod):
 
     name = "lora_wtacrs"
 
-    def __init__(
-        self,
-        budget: float = 0.3,
-        r: int = 32,
-        alpha: float = 32,
-        dropout: float = 0.1,
-        lora_roles: Sequence[str] = ("q", "k", "v"),
-        min_k: int = 10,
-        floor: float = 0.01,
-        max_positions: int = 128,
-        max_cache_mb: float = 4096,
-        sample_attention: bool = True,
-        sample_scores: bool = True,
-        attention_norms: str = "per_head",
-    ):
-        super().__init__(budget, min_k, floor, max_positions, max_cache_mb, sample_attention, sample_scores,
-                         attention_norms)
+    def __init__(self, r: int = 32, alpha: float = 32, dropout: float = 0.1,
+                 lora_roles: Sequence[str] = ("q", "k", "v"), **sampling: Any):
+        """`sampling`: the budget and sampler settings of _WTACRSMethod."""
+        super().__init__(**sampling)
         if not isinstance(r, int) or r < 1:
             raise ConfigError(f"lora_wtacrs: rank r={r!r} must be a positive integer (the paper uses 32)")
         if not 0.0 <= dropout < 1.0:
