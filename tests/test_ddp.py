@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ftlab import records
 
 from conftest import tiny_overrides
@@ -56,3 +58,23 @@ def test_ddp_in_a_multirun_is_refused_before_any_process_starts(tmp_path: Path) 
     assert done.returncode == 1 and "Lightning would start the other ranks by re-running the whole sweep" in \
         done.stdout + done.stderr
     assert not list(records.iter_records(tmp_path / "records"))
+
+
+GENERATION = ("backbone=tiny-gpt2", "task=e2e", "method=lora", "data.max_train_samples=16", "data.max_eval_samples=5",
+              "task.decoding.max_new_tokens=4", "task.decoding.num_beams=2", "task.decoding.batch_size=2",
+              "task.metrics=[bleu]", "train.epochs=1")
+
+
+def test_ddp_generation_decodes_a_shard_per_rank_and_scores_the_whole_split(tmp_path: Path) -> None:
+    ddp = _run(tmp_path / "ddp", *GENERATION, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+               "train.batch_size=4")
+    assert ddp.returncode == 0, ddp.stdout[-3000:]
+    (record,) = records.iter_records(tmp_path / "ddp" / "records")
+    single = _run(tmp_path / "one", *GENERATION, "train.batch_size=8")
+    assert single.returncode == 0, single.stdout[-3000:]
+    (one,) = records.iter_records(tmp_path / "one" / "records")
+    for split in ("dev", "test"):  # 5 unique inputs each, every one decoded (no rank's shard left out)
+        texts = record["metrics"]["best"]["predictions"][split]
+        assert len(texts) == 5 and all(isinstance(t, str) for t in texts)
+        assert texts == one["metrics"]["best"]["predictions"][split]
+        assert record.best_score(split, "bleu") == pytest.approx(one.best_score(split, "bleu"), abs=1e-9)

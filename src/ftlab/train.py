@@ -240,6 +240,8 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
     callbacks.extend(shown)
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if isinstance(trainer_kwargs.get("strategy"), dict):  # a strategy object (trainer=fsdp: ftlab.strategies.fsdp)
+        trainer_kwargs["strategy"] = instantiate(trainer_kwargs["strategy"])
     # a bar only on a terminal (ftlab.ui.progress); Lightning would otherwise add its own, which a log file shows as one
     # final frame
     trainer_kwargs["enable_progress_bar"] = any(isinstance(c, pl.callbacks.ProgressBar) for c in shown)

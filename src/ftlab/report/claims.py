@@ -233,7 +233,7 @@ def render_markdown(outcomes: list[Outcome], tables: dict[str, tuple[DictConfig,
              "tables count; do not edit by hand. Read this first: it says which of the papers' sentences our runs "
              "support, contradict, or cannot decide.\n\n")
     md.write("- **Runs**: per claim and task, the runs of two rows (A, B) of one table (`results/<table>.md`), only "
-             "those matching the table's protocol (ftlab.protocol: the config the row would launch today, seed "
+             "those matching the table's protocol (ftlab.report.protocol: the config the row would launch today, seed "
              "aside; the table header names every excluded record). One value per run: its best-on-dev score on "
              "the table's metric for that task. Our runs are not the papers' setting (each table says how).\n")
     md.write("- **Interval**: 95%. A − B and |A − B| claims: Welch's t interval of the difference of means (unequal "

@@ -216,7 +216,7 @@ def render_table(experiment: DictConfig, runs: TableRuns, gate: Gate) -> tuple[s
 def _protocol_line(experiment: DictConfig, runs: TableRuns) -> str:
     text = (f"- **protocol**: a run counts only if its run-deciding config is the one `python run.py "
             f"experiment={experiment.experiment_name} method=<row> task=<column>` plus the row's `where` composes "
-            f"today, seed aside (ftlab.protocol; a key the run predates matches only a `where` of null). ")
+            f"today, seed aside (ftlab.report.protocol; a key the run predates matches only a `where` of null). ")
     if not runs.excluded:
         return text + "No record was excluded.\n"
     shown = []

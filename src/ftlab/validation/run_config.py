@@ -7,6 +7,8 @@ backbone.* is checked where it is used (ftlab.backbones), since its keys differ 
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig
@@ -155,7 +157,26 @@ def _check_trainer(cfg: DictConfig) -> None:
     for key in values:
         if key in TRAINER_OWNED:
             raise ConfigError(f"trainer.{key} is set by ftlab, not by trainer.*: {TRAINER_OWNED[key]}")
+    strategy = values.get("strategy")
+    if isinstance(strategy, dict):  # a strategy object built from its `_target_` (trainer=fsdp)
+        _check_callable("trainer.strategy", strategy)
+        values = {k: v for k, v in values.items() if k != "strategy"}
     check_against("trainer", values, pl.Trainer, TRAINER_RANGES, origins, "pytorch_lightning.Trainer")
+
+
+def _check_callable(key: str, node: dict[str, Any]) -> None:
+    """ConfigError unless `node`'s `_target_` imports and accepts the node's other keys."""
+    target = node.get("_target_")
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{key}._target_={target!r} cannot be imported: {err}") from None
+    try:
+        inspect.signature(factory).bind(**{k: v for k, v in node.items() if k not in HYDRA_KEYS})
+    except TypeError as err:
+        raise ConfigError(f"{key}: {target} does not accept these keys ({err}); accepted: "
+                          f"{', '.join(inspect.signature(factory).parameters)}") from None
 
 
 def method_class(cfg: DictConfig) -> type:

@@ -19,7 +19,6 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ...backbones import load_model
-from ...errors import ConfigError
 from ...methods.base import Method
 from ..module import TaskModule
 from .datamodule import GenerationDataModule
@@ -60,13 +59,16 @@ class GenerationModule(TaskModule):
     def evaluates_at_fit_end(self) -> bool:
         return True  # final_evaluation decodes after training (train.max_steps=0 scores the untuned model)
 
-    def on_fit_start(self) -> None:
-        if self.trainer.world_size > 1:  # each rank would decode and score only its shard of the unique inputs
-            raise ConfigError(
-                f"generation tasks decode and score in one process; got world size {self.trainer.world_size}: "
-                f"use trainer=gpu (one device), not trainer=ddp"
-            )
-        super().on_fit_start()
+    def _all_ranks(self, local: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Every rank's decoded (index, text) pairs. Under DDP each rank decodes a shard of the unique inputs; every
+        rank joins the gather (with or without rows) and then scores the whole split, as one process would."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_available() \
+                or not torch.distributed.is_initialized():
+            return local
+        shards: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(shards, local)
+        return [pair for shard in shards for pair in shard]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         outputs = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -86,7 +88,8 @@ class GenerationModule(TaskModule):
             hyps[i] = text
         metrics = score_generation(hyps, eval_set.references, list(self.task.metrics), self.task.metric_protocol)
         tag = f"{split}.step{self.global_step}"
-        self.outputs_written[tag] = write_outputs(self.output_dir / "generations", tag, eval_set, hyps)
+        if self.trainer.is_global_zero:  # every rank holds the same texts: one writes them
+            self.outputs_written[tag] = write_outputs(self.output_dir / "generations", tag, eval_set, hyps)
         return metrics, hyps
 
     def _record(self, results: dict[str, tuple[dict[str, Any], list[str]]], stage: str) -> None:
@@ -99,9 +102,12 @@ class GenerationModule(TaskModule):
 
     def on_validation_epoch_end(self) -> None:
         decoded, self._decoded = self._decoded, {}
-        if self.trainer.sanity_checking or not decoded:
+        if self.trainer.sanity_checking:
             return
-        results = {split: self._score(split, decoded.get(i, [])) for i, split in enumerate(self.eval_splits)}
+        decoded = {i: self._all_ranks(decoded.get(i, [])) for i in range(len(self.eval_splits))}
+        if not any(decoded.values()):
+            return
+        results = {split: self._score(split, decoded[i]) for i, split in enumerate(self.eval_splits)}
         flat = {f"{split}/{name}": value for split, (m, _) in results.items() for name, value in m.items()
                 if isinstance(value, float)}
         self.log_dict(flat, prog_bar=True)
@@ -122,12 +128,15 @@ class GenerationModule(TaskModule):
         self.model.eval()
         results = {}
         with self.trainer.precision_plugin.forward_context():
+            rank, world = self.trainer.global_rank, max(1, self.trainer.world_size)
             for split in splits:
                 decoded = []
-                for batch in data.prompt_dataloader(split, self.task.decoding.batch_size):
+                for b, batch in enumerate(data.prompt_dataloader(split, self.task.decoding.batch_size)):
+                    if b % world != rank:  # under DDP each rank decodes every world-th batch
+                        continue
                     batch = {k: v.to(self.device) for k, v in batch.items()}
                     decoded.extend(zip(batch["idx"].tolist(), generate_batch(self.model, batch, self.tokenizer, self.generate_kwargs)))
-                results[split] = self._score(split, decoded)
+                results[split] = self._score(split, self._all_ranks(decoded))
         self.model.train(was_training)
         self._record(results, "final")
 
