@@ -4,6 +4,7 @@
 # 1. train_gpu        run.py trainer=gpu (bf16-mixed) on MiniLM: RTE, one epoch of 1,024 rows, the full dev set
 # 2. sparse24_latency benchmarks/sparse24_latency.py: 2:4 semi-structured vs dense F.linear latency (sm80+)
 # 3. wtacrs_memory    benchmarks/wtacrs_memory.py --device cuda: WTA-CRS saved activations + CUDA step peaks, MiniLM
+# 4. train_fsdp       run.py trainer=fsdp trainer.devices=1 on tiny-t5 LoRA-WTACRS: the FSDP path (one unit per block)
 # Writes <step>.log, summary.txt, the run record and the benchmarks' outputs under OUT_DIR; exits 1 if a step failed.
 # Needs a CUDA build of torch in $PY (default .venv/bin/python) and the GLUE data (FTLAB_DATA_DIR, default ../shared/data).
 set -uo pipefail
@@ -37,4 +38,7 @@ step train_gpu 180 "$PY" run.py trainer=gpu task=rte data.max_train_samples=1024
 step sparse24_latency 90 "$PY" benchmarks/sparse24_latency.py
 step wtacrs_memory 150 "$PY" benchmarks/wtacrs_memory.py --device cuda --setups minilm --steps 4 \
     --out "$out/wtacrs_memory"
+step train_fsdp 90 "$PY" run.py trainer=fsdp trainer.devices=1 backbone=tiny-t5 method=lora_wtacrs task=rte \
+    data.max_train_samples=256 data.max_eval_samples=64 train.epochs=1 train.save_checkpoints=false \
+    paths.records_dir="$out/records_fsdp" paths.output_dir="$out/runs" hydra.run.dir="$out/hydra_fsdp"
 exit $status
