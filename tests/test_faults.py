@@ -28,8 +28,10 @@ SLOW = ("task=rte", "method=finetune", "method._target_=slow_method.Slow", "trai
         "train.batch_size=16")
 
 
-def _launch(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+def _launch(tmp_path: Path, *overrides: str, gate: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if gate is not None:
+        env["FTLAB_TEST_GATE"] = str(gate)  # slow_method.Slow waits at each step until this file exists
     args = [sys.executable, str(ROOT / "run.py"), *tiny_overrides(tmp_path, *overrides),
             f"hydra.run.dir={tmp_path}/hydra"]
     # SIGINT back to its default in the child: a shell starts background jobs (nohup, `&`) with SIGINT ignored, which
@@ -58,12 +60,13 @@ def _resume_checkpoint(tmp_path: Path) -> Path:
 
 # -- concurrency ------------------------------------------------------------------------------------------------------
 def test_second_launch_of_a_running_config_skips_and_names_the_holder(tmp_path: Path) -> None:
-    longer = (*SLOW, "data.max_train_samples=960")  # 60 steps an epoch: still running when the second one starts
-    first = _launch(tmp_path, *longer)
-    path, _ = _record(tmp_path, *longer)
+    gate = tmp_path / "gate"
+    first = _launch(tmp_path, *SLOW, gate=gate)  # held at its first step until the second launch has answered
+    path, _ = _record(tmp_path, *SLOW)
     _wait_for(lambda: path.exists())
-    second = _launch(tmp_path, *longer)
+    second = _launch(tmp_path, *SLOW)
     out_second, _ = second.communicate(timeout=300)
+    gate.touch()
     out_first, _ = first.communicate(timeout=300)
     assert second.returncode == 0, out_second[-2000:]
     assert f"already running (pid {first.pid}" in out_second
@@ -142,9 +145,7 @@ def test_other_data_is_another_run(tmp_path: Path) -> None:
 
 
 # -- interruption and resume ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_records_interrupted_and_relaunch_resumes_to_the_same_result(tmp_path: Path, sig, code) -> None:
-    reference = run(compose_config(tiny_overrides(tmp_path / "ref", *SLOW)))
+def _interrupt(tmp_path: Path, sig: int, code: int) -> tuple[Path, dict]:
     proc = _launch(tmp_path, *SLOW)
     _wait_for(lambda: _resume_checkpoint(tmp_path).exists())  # one epoch validated and checkpointed
     proc.send_signal(sig)
@@ -152,6 +153,18 @@ def test_signal_records_interrupted_and_relaunch_resumes_to_the_same_result(tmp_
     assert proc.returncode == code, out[-2000:]
     path, record = _record(tmp_path, *SLOW)
     assert record["status"] == "interrupted" and record["metrics"]["history"], record.get("error")
+    return path, record
+
+
+def test_sigint_records_interrupted_and_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C comes through Lightning as another exception than SIGTERM; the resume after it is SIGTERM's (below)."""
+    _, record = _interrupt(tmp_path, signal.SIGINT, 130)
+    assert "SIGINT" in record["error"]
+
+
+def test_sigterm_records_interrupted_and_relaunch_resumes_to_the_same_result(tmp_path: Path) -> None:
+    reference = run(compose_config(tiny_overrides(tmp_path / "ref", *SLOW)))
+    path, record = _interrupt(tmp_path, signal.SIGTERM, 143)
     validated = len(record["metrics"]["history"])
     again = _launch(tmp_path, *SLOW)
     out, _ = again.communicate(timeout=300)

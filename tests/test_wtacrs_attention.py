@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ftlab.backbones import load_model
+from ftlab.kernels.dropout import keep_mask
 from ftlab.methods.wtacrs.attention import (ATTENTION_NAME, SAMPLER_ATTRIBUTE, SCORE_SAMPLERS_ATTRIBUTE,
                                            HeadRowSampler, _SampledPV, _SampledQK, plan_groups)
 from ftlab.methods.wtacrs.cache import NormCache
@@ -103,8 +104,9 @@ def test_fused_dropout_routes_dP_through_the_same_mask() -> None:
     out = _SampledPV.apply(p, v, HeadRowSampler(1.0, 1, 0.01, None, "a"), 0.25, torch.float64)
     out.backward(grad)
     torch.manual_seed(3)
-    keep = (torch.rand(probs.shape) >= 0.25).double() / 0.75
-    out_ref, dp_ref, dv_ref = _exact(probs * keep, value, grad)  # P̃ = P ∘ mask / (1 − p)
+    keep, rate = keep_mask(probs.shape, 0.25)  # the mask ftlab.kernels.dropout draws from the same torch seed
+    keep = keep.double() / rate
+    out_ref, dp_ref, dv_ref = _exact(probs * keep, value, grad)  # P̃ = P ∘ mask / (keep rate)
     torch.testing.assert_close(out, out_ref)
     torch.testing.assert_close(v.grad, dv_ref)
     torch.testing.assert_close(p.grad, (grad @ value.detach().transpose(-1, -2)) * keep)

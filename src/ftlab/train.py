@@ -20,6 +20,7 @@ from .checkpoints import RESUME_FILE, ResumeCheckpoint, best_weights_callback, r
 from .config import portable_path, run_identity
 from .data.fingerprint import data_fingerprint
 from .errors import ConfigError, FtlabError
+from .kernels import use_cpu_kernels
 from .methods.base import Method
 from .records import RunRecord, Selection, metrics_section
 from .run_lock import RunLock
@@ -223,6 +224,10 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         model.config.pad_token_id = tokenizer.pad_token_id
     method = build_method(cfg)
     method.setup(model, cfg.backbone)
+    # after the method's setup: its own modules (LoRA dropout) get the kernels too, and an attention function it
+    # installs (WTA-CRS) stays
+    on_cpu = cfg.trainer.accelerator == "cpu"
+    kernels = use_cpu_kernels(model) if on_cpu and (cfg.get("kernels") or {}).get("fast_dropout", True) else {}
     data = data_class.for_run(cfg, tokenizer)
     module = module_class.for_run(cfg, model, method, data, run_dir)
     progress["module"] = module
@@ -268,7 +273,7 @@ def _fit(cfg: DictConfig, name: str, config_hash: str, ckpt_path: str | None, pr
         "method_report": method.report(module.method_context()),
         "parameters": parameter_counts(model),
         "cost": telemetry.cost(),
-        "environment": telemetry.environment_section(),
+        "environment": {**telemetry.environment_section(), "kernels": kernels},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **module.record_extras(),
     }

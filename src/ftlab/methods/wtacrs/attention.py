@@ -8,7 +8,8 @@ outputs, and the gradients of the operands that are *saved* for backward estimat
 estimator applies with p_i ∝ ‖P̃_i‖·‖∇O_i‖ (‖∇O_i‖ cached per example, head and token position from the last visit).
 Only the k kept rows of P̃ are saved (the stock attention saves all of P̃, the matmul's operand): the largest
 activation of a small-hidden model like MiniLM. The softmax output stays exact and saved (softmax's own backward
-needs it). The dropout is applied inside the function and keeps a bool mask (CPU dropout saves a float32 noise tensor):
+needs it). The dropout is applied inside the function and keeps a bool mask (ftlab.kernels.dropout's, as the stock
+attention's does on a CPU run; torch's own CPU dropout saves a float noise tensor):
 the rows sampled must be rows of the dropped-out P̃, and the mask is what backward needs to route ∇P̃ to ∇P.
 
 An observation the measurements bring out (benchmarks/wtacrs_memory.py): P̃ = P ∘ mask / (1 − p) could be rebuilt in
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...kernels.dropout import dropout as fast_dropout, keep_mask
 from .cache import NormCache
 from .sampling import budget_rows, deterministic_counts, row_norms, row_probabilities
 
@@ -170,11 +172,11 @@ class _SampledPV(torch.autograd.Function):
         keep = None
         dropped = probs
         if dropout > 0.0:
-            keep = torch.rand(probs.shape, device=probs.device) >= dropout
-            dropped = probs * keep.to(probs.dtype) / (1.0 - dropout)
+            keep, rate = keep_mask(probs.shape, dropout, probs.device)
+            dropped = probs * keep.to(probs.dtype) / rate
         dropped = dropped.to(dtype)
         out = dropped @ value.to(dtype)  # V is saved as it came (bf16 under autocast) and re-cast in backward
-        ctx.dropout, ctx.sampler, ctx.shape = dropout, sampler, probs.shape
+        ctx.keep_rate, ctx.sampler, ctx.shape = rate if keep is not None else 1.0, sampler, probs.shape
         ctx.probs_dtype, ctx.value_dtype = probs.dtype, value.dtype
         kept = rows = weights = slots = None
         if ctx.needs_input_grad[1]:
@@ -190,7 +192,7 @@ class _SampledPV(torch.autograd.Function):
         if value is not None:
             grad_probs = grad_out @ value.to(grad_out.dtype).transpose(-1, -2)
             if keep is not None:
-                grad_probs = grad_probs * keep.to(grad_probs.dtype) / (1.0 - ctx.dropout)
+                grad_probs = grad_probs * keep.to(grad_probs.dtype) / ctx.keep_rate
             grad_probs = grad_probs.to(ctx.probs_dtype)
         if kept is not None:
             grad_value = sampled_product(kept, grad_out.reshape(b * h, n, -1), rows, weights)
@@ -302,7 +304,7 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, model_dtype))
     sampler = getattr(module, SAMPLER_ATTRIBUTE, None) if training else None
     if sampler is None:
-        probs = F.dropout(probs, p=dropout, training=module.training)
+        probs = fast_dropout(probs, p=dropout, training=module.training)
         return torch.matmul(probs, value.to(probs.dtype)).transpose(1, 2).contiguous(), probs
     dtype = torch.promote_types(probs.dtype, value.dtype)
     with torch.autocast(probs.device.type, enabled=False):
