@@ -31,16 +31,22 @@ def _package_dir(module: str, sub: str = "") -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
+def import_target(target: str, key: str) -> Any:
+    """The object (class or function) a config names by its dotted path `target`, the value of `key` (e.g.
+    trainer.strategy._target_), imported; a ConfigError naming the key when it cannot be imported."""
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{key}={target!r} cannot be imported: {err}") from None
+
+
 def import_class(target: Any, key: str, base: type) -> type:
     """The class a config names by its dotted path `target` (the value of `key`, e.g. method._target_), imported; a
     ConfigError naming the key when it cannot be imported or is not a subclass of `base`."""
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(f"{key} must be the class path of a {base.__name__} subclass, got {target!r}")
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{key}={target!r} cannot be imported: {err}") from None
+    cls = import_target(target, key)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError(f"{key}={target!r} is not a subclass of {base.__module__}.{base.__name__}")
     return cls

@@ -88,6 +88,17 @@ class TaskModule(pl.LightningModule):
                               "fit with a datamodule (ftlab.train.run does)")
         return datamodule.train_dataloader()
 
+    def gather_from_ranks(self, local: Any) -> list[Any]:
+        """Every rank's `local` object, in rank order (under DDP each rank evaluated only its shard of a split); `[local]`
+        in a single process. Every rank must call it, with or without rows of its own."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_available() \
+                or not torch.distributed.is_initialized():
+            return [local]
+        shards: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(shards, local)
+        return shards
+
     def _train_examples(self) -> int | None:
         return train_index_count(self.trainer.datamodule)
 

@@ -7,13 +7,12 @@ backbone.* is checked where it is used (ftlab.backbones), since its keys differ 
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
 from omegaconf import DictConfig
 
-from ..config import import_class
+from ..config import import_class, import_target
 from ..errors import ConfigError
 from ..methods.base import Method
 from ..tasks.generation.readers import READERS
@@ -167,11 +166,7 @@ def _check_trainer(cfg: DictConfig) -> None:
 def _check_callable(key: str, node: dict[str, Any]) -> None:
     """ConfigError unless `node`'s `_target_` imports and accepts the node's other keys."""
     target = node.get("_target_")
-    module_name, _, name = str(target).rpartition(".")
-    try:
-        factory = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{key}._target_={target!r} cannot be imported: {err}") from None
+    factory = import_target(target, f"{key}._target_")
     try:
         inspect.signature(factory).bind(**{k: v for k, v in node.items() if k not in HYDRA_KEYS})
     except TypeError as err:

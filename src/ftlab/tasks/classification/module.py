@@ -38,13 +38,7 @@ class ClassificationModule(TaskModule):
         DistributedSampler, padded with repeated rows so the shards are equal): gather every rank's outputs and keep
         each example once, so every rank scores the full split exactly as one process would."""
         local = [torch.cat([o[k] for o in outputs]).numpy() if outputs else None for k in range(3)]
-        trainer = self._trainer
-        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_available() \
-                or not torch.distributed.is_initialized():
-            return tuple(local)
-        shards: list[Any] = [None] * trainer.world_size
-        torch.distributed.all_gather_object(shards, local)
-        shards = [s for s in shards if s[0] is not None]
+        shards = [s for s in self.gather_from_ranks(local) if s[0] is not None]
         if not shards:
             return None, None, None
         logits, labels, idx = (np.concatenate([s[k] for s in shards]) for k in range(3))

@@ -60,15 +60,9 @@ class GenerationModule(TaskModule):
         return True  # final_evaluation decodes after training (train.max_steps=0 scores the untuned model)
 
     def _all_ranks(self, local: list[tuple[int, str]]) -> list[tuple[int, str]]:
-        """Every rank's decoded (index, text) pairs. Under DDP each rank decodes a shard of the unique inputs; every
-        rank joins the gather (with or without rows) and then scores the whole split, as one process would."""
-        trainer = self._trainer
-        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_available() \
-                or not torch.distributed.is_initialized():
-            return local
-        shards: list[Any] = [None] * trainer.world_size
-        torch.distributed.all_gather_object(shards, local)
-        return [pair for shard in shards for pair in shard]
+        """Every rank's decoded (index, text) pairs: under DDP each rank decodes a shard of the unique inputs, and every
+        rank then scores the whole split, as one process would."""
+        return [pair for shard in self.gather_from_ranks(local) for pair in shard]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         outputs = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
