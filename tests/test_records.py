@@ -33,7 +33,9 @@ def test_record_has_the_promised_fields(run_tiny) -> None:
     saved = r["cost"]["saved_tensors"]  # the first training step's activations, measured for every method
     assert saved["bytes"] > 0 and saved["measured_on"]["batch"] == 16 and saved["largest"][0]["bytes"] > 0
     assert r["environment"]["torch"] and "git_commit" in r["environment"]
-    assert r["environment"]["attn_implementation"] == "eager"  # the faster CPU attention (backbones.attention_for)
+    # eager attention on CPU (backbones.attention_for) with ftlab.kernels' dropout
+    assert r["environment"]["attn_implementation"] == "ftlab_eager"
+    assert r["environment"]["kernels"] == {"fast_dropout_modules": 8, "fast_attention_dropout": True}
     assert r["environment"]["adamw_fused"] is True
 
 
