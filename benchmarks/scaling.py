@@ -23,7 +23,7 @@ from ftlab.backbones import load_model
 from ftlab.config import PROJECT_ROOT
 from ftlab.kernels import use_cpu_kernels
 
-from throughput import compose
+from throughput import compose, flops_per_token
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # random-init BERT shapes from tiny to BERT-base: (name, layers, hidden, heads, intermediate)
@@ -43,12 +43,6 @@ def peak(reps: int = 4, trials: int = 3, n: int = 2048) -> float:
             a @ b
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
     return best
-
-
-def model_flops(model: torch.nn.Module, batch: int, length: int) -> float:
-    cfg = model.config
-    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    return (6 * non_embedding + 12 * cfg.num_hidden_layers * cfg.hidden_size * length) * batch * length
 
 
 def step_seconds(model: torch.nn.Module, batch: int, length: int, steps: int) -> float:
@@ -75,7 +69,7 @@ def step_seconds(model: torch.nn.Module, batch: int, length: int, steps: int) ->
 def measure(model: torch.nn.Module, batch: int, length: int, steps: int) -> dict:
     p = peak()
     seconds = step_seconds(model, batch, length, steps)
-    flops = model_flops(model, batch, length)
+    flops = flops_per_token(model, length) * batch * length
     return {"batch": batch, "length": length, "seconds": seconds, "samples_s": batch / seconds,
             "gflop_step": flops / 1e9, "mfu": flops / seconds / p, "peak": p / 1e9}
 

@@ -82,15 +82,6 @@ class TrainerTurns(TrainerCallback):
         self.turns.end(*self.last)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
 def flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
     """6N for the non-embedding weights (forward + backward) plus the attention score/value matmuls."""
     cfg = model.config
